@@ -1,0 +1,49 @@
+"""One base error for the library; each concrete error also inherits the stdlib type callers catch.
+
+Messages say what was wrong, what is valid, and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class VFSError(Exception):
+    """Base class of every error raised on purpose by `vfs`."""
+
+
+class LayerError(VFSError, KeyError):
+    """A layer name that the model does not have (the message suggests close names)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelError(VFSError, ValueError):
+    """A model that cannot be loaded as asked (unknown name, weights not available offline...)."""
+
+
+class MaskError(VFSError, ValueError):
+    """A mask or box that cannot be used (empty, wrong shape, outside the crop...)."""
+
+
+class SearchError(VFSError, ValueError):
+    """Search inputs that do not fit together (shapes, dtypes, indices...)."""
+
+
+class DatasetError(VFSError, ValueError):
+    """A dataset spec or image source that cannot be read."""
+
+
+class CacheError(VFSError, RuntimeError):
+    """Base for feature-cache problems."""
+
+
+class CacheIncompleteError(CacheError):
+    """A cache whose build did not finish (the message says how far it got and how to resume)."""
+
+
+class CacheCorruptError(CacheError, OSError):
+    """A chunk that is missing, truncated or altered (the message names it)."""
+
+
+class CacheMismatchError(CacheError, ValueError):
+    """A cache opened with a model, layer or schema that does not match the one it was built with."""
