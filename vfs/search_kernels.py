@@ -1,0 +1,146 @@
+"""The math of the masked-window cosine: scores of every window position of a chunk of feature maps.
+
+A query region is a set of `cells` (the non-zero weights inside its bounding box of h x w cells).
+The score of the window whose top-left cell is (row, col) in image n is
+
+    sum_cells w * <q_cell, F_n[:, row + i, col + j]>  /  (|q * w| * sqrt(sum_cells w^2 * s_n[row + i, col + j]))
+
+where s_n is the squared L2 norm of each feature vector of image n (precomputed in a cache, or
+computed here). Two ways to get the dot products, picked per mask by their cost:
+
+- "cells": one GEMM (n*H*W, C) x (C, cells) scores every position against every cell, then a
+  shift-and-add over the cells sums each window. Cost ~ cells multiply-adds per feature value.
+- "offsets": one product (n, C*H*W) x (C*H*W, offsets) with one zero-padded kernel per window
+  position. Cost ~ offsets multiply-adds per feature value (a full mask is a single matvec).
+
+Everything here is plain torch on whatever device the tensors live on (CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_BYTES = 4 << 20  # float32 bytes of features scored in one kernel call: about the L3 cache
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Everything that depends on the query and the dataset grid, prepared once per search."""
+
+    cells: tuple[tuple[int, int], ...]  # (i, j) of each non-zero weight inside the box, row-major
+    columns: torch.Tensor  # (cells, C) float32: w^2 * q of each cell, divided by |q * w|
+    magnitude_matrix: torch.Tensor  # (offsets, H*W) float32: w^2 of the cell each position is in a window
+    height: int  # box height h, in cells
+    width: int  # box width w, in cells
+    grid: tuple[int, int]  # (H, W) of the dataset maps
+    strategy: str  # "cells" or "offsets"
+    chunk: int  # images per kernel call; fixed per plan so results never depend on the read size
+    matrices: dict = field(default_factory=dict, repr=False, compare=False)  # layout -> dot matrices
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """(rows, cols) of window positions wholly inside a dataset map."""
+        return self.grid[0] - self.height + 1, self.grid[1] - self.width + 1
+
+
+def make_plan(query_box: torch.Tensor, weights_box: torch.Tensor, grid: tuple[int, int], *,
+              device: torch.device) -> WindowPlan:
+    """Prepare the search of one cropped query (C, h, w) with its cropped weights (h, w) over maps of `grid`."""
+    channels, height, width = query_box.shape
+    weighted = query_box.double() * weights_box.double()  # (C, h, w)
+    norm = float(torch.linalg.vector_norm(weighted))
+    rows, cols = torch.nonzero(weights_box > 0, as_tuple=True)
+    cells = tuple(zip(rows.tolist(), cols.tolist()))
+    columns = (weighted * weights_box.double())[:, rows, cols].T  # (cells, C): w^2 * q, one w per side
+    if norm > 0:
+        columns = columns / norm
+    square_weights = weights_box.double()[rows, cols] ** 2  # (cells,)
+    magnitude_matrix = spread(square_weights[:, None], cells, grid, (height, width))  # (H', W', H, W, 1)
+    offsets = (grid[0] - height + 1) * (grid[1] - width + 1)
+    strategy = "offsets" if offsets <= len(cells) else "cells"
+    chunk = max(1, CHUNK_BYTES // (channels * grid[0] * grid[1] * 4))
+    return WindowPlan(cells=cells, columns=columns.float().to(device).contiguous(),
+                      magnitude_matrix=magnitude_matrix.reshape(offsets, -1).float().to(device),
+                      height=height, width=width, grid=grid, strategy=strategy, chunk=chunk)
+
+
+def spread(values: torch.Tensor, cells, grid: tuple[int, int], box: tuple[int, int]) -> torch.Tensor:
+    """Place each cell's vector at its place in every window: (cells, D) -> (H', W', H, W, D), zeros elsewhere."""
+    rows, cols = grid[0] - box[0] + 1, grid[1] - box[1] + 1
+    out = values.new_zeros(rows, cols, grid[0], grid[1], values.shape[1])  # (H', W', H, W, D)
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")  # (H', W') each
+    for k, (i, j) in enumerate(cells):
+        out[r, c, r + i, c + j] = values[k]
+    return out
+
+
+def is_channels_last(features: torch.Tensor) -> bool:
+    """True when (n, C, H, W) features are stored (n, H, W, C) in memory."""
+    return features.permute(0, 2, 3, 1).is_contiguous()
+
+
+def square_norms(features: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of every feature vector: (n, C, H, W) float32 -> (n, H, W)."""
+    if is_channels_last(features):
+        cl = features.permute(0, 2, 3, 1)  # (n, H, W, C)
+        return (cl * cl).sum(dim=3)  # (n, H, W)
+    return (features * features).sum(dim=1)  # (n, H, W)
+
+
+def dot_matrix(plan: WindowPlan, *, channels_last: bool) -> torch.Tensor:
+    """The matrix that turns a chunk into window dot products, built once per layout.
+
+    "offsets": (offsets, C*H*W), one zero-padded copy of the query per window position.
+    "cells": (offsets, H*W*cells), the 0/1 selector that sums each window's per-cell products.
+    """
+    key = (plan.strategy, channels_last)
+    if key not in plan.matrices:
+        rows, cols = plan.offsets
+        box = (plan.height, plan.width)
+        if plan.strategy == "offsets":
+            matrix = spread(plan.columns, plan.cells, plan.grid, box)  # (H', W', H, W, C)
+            if not channels_last:
+                matrix = matrix.permute(0, 1, 4, 2, 3)  # (H', W', C, H, W)
+        else:
+            eye = torch.eye(len(plan.cells), device=plan.columns.device)  # (cells, cells)
+            matrix = spread(eye, plan.cells, plan.grid, box)  # (H', W', H, W, cells)
+            if not channels_last:
+                matrix = matrix.permute(0, 1, 4, 2, 3)  # (H', W', cells, H, W)
+        plan.matrices[key] = matrix.reshape(rows * cols, -1).contiguous()  # (offsets, D)
+    return plan.matrices[key]
+
+
+def window_dots(features: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """Weighted dot products of the normalised query with every window: (n, C, H, W) -> (n, H'*W')."""
+    n = features.shape[0]
+    channels_last = is_channels_last(features)
+    matrix = dot_matrix(plan, channels_last=channels_last)
+    if channels_last:
+        features = features.permute(0, 2, 3, 1)  # (n, H, W, C), a view
+    if plan.strategy == "offsets":
+        return F.linear(features.reshape(n, -1), matrix)  # (n, H'*W')
+    if channels_last:
+        per_cell = F.linear(features.reshape(-1, features.shape[3]), plan.columns)  # (n*H*W, cells)
+    else:
+        per_cell = torch.matmul(plan.columns, features.flatten(2))  # (n, cells, H*W)
+    return F.linear(per_cell.reshape(n, -1), matrix)  # (n, H'*W')
+
+
+def window_scores(features: torch.Tensor, plan: WindowPlan, *,
+                  sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine of every window of float32 features (n, C, H, W) with the query -> (n, H'*W'), row-major offsets.
+
+    `sq_norms` (n, H, W) float32 are the squared norms of the feature vectors, computed when None.
+    A window of zero magnitude (or a query of zero magnitude) scores 0.
+    """
+    n = features.shape[0]
+    if sq_norms is None:
+        sq_norms = square_norms(features)  # (n, H, W)
+    magnitudes = F.linear(sq_norms.reshape(n, -1), plan.magnitude_matrix)  # (n, H'*W')
+    magnitudes = magnitudes.clamp_(min=0).sqrt_()
+    dots = window_dots(features, plan)  # (n, H'*W')
+    scores = torch.where(magnitudes > 0, dots / magnitudes, torch.zeros_like(dots))
+    return scores.clamp_(-1.0, 1.0)
