@@ -1,0 +1,367 @@
+"""The Gradio page: pick a cache, paint a region, see the most similar regions; compare two caches.
+
+The only module of the app that imports gradio. Handlers (`app.handlers`, `app.exports`,
+`app.compare`) are plain functions; `readable` below is the one place where their errors become
+`gr.Error` messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from gradio.components.plot import PlotData
+
+from app import compare as compare_
+from app import exports, handlers
+from app.library import CacheLibrary, DefaultBuild
+from app.state import SearchOptions
+from vfs.errors import VFSError
+
+log = logging.getLogger(__name__)
+PER_PAGE = 24
+UNIQUE_LABELS = {"no limit": "none", "one per label": "label", "one per domain": "domain"}
+ALL_LABELS = "all labels"
+
+
+@dataclass(frozen=True)
+class AnalysisContext:
+    """What the "Why similar" tab gets: `app.analysis_tab.build_analysis_tab(ctx)`, called inside its Tab.
+
+    Components are for wiring events (`inputs=[ctx.cache_key, ctx.results]`); values are what
+    the handlers see when such an event runs.
+    """
+
+    library: CacheLibrary    # .open(key) -> FeatureCache in RAM; .model(name) -> LoadedModel;
+                             # .extractor(model, layer) -> FeatureExtractor; .preprocess(cache) -> Preprocess
+    cache_key: gr.Dropdown   # value: str, library key of the selected cache ("" or None when none)
+    editor: gr.ImageEditor   # value: the editor dict; `handlers.read_query(library, key, value, picked)`
+                             # -> (app.state.Query, notes) reads it (raises MaskError on an empty mask)
+    picked: gr.State         # value: app.handlers.Picked | None, the dataset image last put in the editor
+    query: gr.State          # value: app.state.Query | None, the query of the last search
+    results: gr.State        # value: app.state.Outcome | None, the last search: .matches (list[vfs.Match]),
+                             # .best (vfs.BestWindows), .weights (h, w), .features (C, h, w), .options
+    searched: object         # the Search event (gradio Dependency): `ctx.searched.then(fn, ...)` runs after each search
+
+
+def readable(fn):
+    """Run a handler; a library error becomes its message in a `gr.Error`, anything else a short one."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except VFSError as error:
+            raise gr.Error(str(error), title=type(error).__name__) from None
+        except MemoryError:
+            raise gr.Error("out of memory: try a smaller image or a smaller cache") from None
+        except Exception as error:
+            log.exception("handler %s failed", fn.__name__)
+            raise gr.Error(f"something went wrong ({type(error).__name__}: {error}); the details are in the "
+                           "server log") from None
+
+    return wrapper
+
+
+def options_from(k, exclude, unique, only_label) -> SearchOptions:
+    return SearchOptions(k=int(k), exclude_query=bool(exclude), unique=UNIQUE_LABELS.get(unique, unique),
+                         only_label=None if only_label in (None, "", ALL_LABELS) else only_label)
+
+
+def example_images() -> list[str]:
+    """A few bundled photos (scikit-image) written once to a temp folder, for the Examples row."""
+    from PIL import Image
+    from skimage import data
+
+    folder = Path(tempfile.gettempdir()) / "vfs-examples"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for name in ("chelsea", "astronaut", "coffee", "rocket"):
+        path = folder / f"{name}.png"
+        if not path.exists():
+            Image.fromarray(getattr(data, name)()).save(path)
+        paths.append(str(path))
+    return paths
+
+
+CSS = """
+#vfs-results .caption-label, #vfs-results-a .caption-label, #vfs-results-b .caption-label {font-size: 0.8rem;}
+#vfs-summary, #vfs-status {min-height: 1.5em;}
+.vfs-small {font-size: 0.85rem; color: var(--body-text-color-subdued);}
+"""
+
+
+def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -> gr.Blocks:
+    """The whole page over `library` (and the progress of `default_build` while it runs)."""
+
+    def cache_choices():
+        return [(entry.title, entry.key) for entry in library.entries]
+
+    # ---- handlers wired below (each through `readable`)
+    @readable
+    def pick_cache(key):
+        if not key:
+            return ("No cache selected.", gr.update(value=[]), 0, "page 1 of 1", gr.update(choices=[ALL_LABELS]),
+                    gr.update())
+        cache = library.open(key)
+        items, pages = handlers.dataset_page(library, key, 0, per_page=PER_PAGE)
+        info = f"**{library.entry(key).title}**"
+        unique = list(UNIQUE_LABELS) if cache.domains else list(UNIQUE_LABELS)[:2]
+        return (info, items, 0, f"page 1 of {pages}", gr.update(choices=[ALL_LABELS, *cache.label_names],
+                                                                  value=ALL_LABELS), gr.update(choices=unique))
+
+    @readable
+    def turn_page(key, page, step):
+        if not key:
+            return gr.update(), 0, "page 1 of 1"
+        page = int(page) + step
+        items, pages = handlers.dataset_page(library, key, page, per_page=PER_PAGE)
+        page = min(max(page, 0), pages - 1)
+        return items, page, f"page {page + 1} of {pages}"
+
+    def put_image(key, index):
+        cache = library.open(key)
+        image = handlers.display_image(cache, index)
+        picked = handlers.Picked(cache_key=key, index=int(index), image_id=cache.ids[int(index)])
+        value = handlers.editor_value(image)
+        return value, picked, handlers.grid_preview(library, key, value), f"#{index} · {handlers.label_name(cache, index)}"
+
+    @readable
+    def pick_from_page(key, page, event: gr.SelectData):
+        return put_image(key, int(page) * PER_PAGE + int(event.index))
+
+    @readable
+    def pick_random(key):
+        if not key:
+            raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
+        return put_image(key, random.randrange(library.open(key).shape[0]))
+
+    @readable
+    def pick_index(key, index):
+        if not key:
+            raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
+        return put_image(key, int(index or 0))
+
+    @readable
+    def preview(key, value):
+        return handlers.grid_preview(library, key, value)
+
+    @readable
+    def search(key, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):
+        if not key:
+            raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
+        progress(0.05, desc="reading the query")
+        query, notes = handlers.read_query(library, key, value, picked)
+        outcome = handlers.run_search(library, query, options_from(k, exclude, unique, only_label),
+                                      progress=lambda fraction, text: progress(fraction, desc=text))
+        progress(0.8, desc="drawing the results")
+        for note in notes:
+            gr.Warning(note)
+        if len(outcome.matches) < outcome.options.k:
+            gr.Warning(f"only {len(outcome.matches)} images fit the options (asked for {outcome.options.k})")
+        items = handlers.result_items(library, outcome)
+        plot = PlotData(type="altair", plot=_json(handlers.score_plot(library, outcome)))
+        try:
+            share = exports.share_string(library, outcome)
+        except VFSError as error:
+            share = str(error)
+        grid = handlers.grid_preview(library, key, value)
+        return items, handlers.search_summary(library, outcome), grid, plot, share, outcome, query
+
+    @readable
+    def export(outcome):
+        if outcome is None:
+            raise gr.Error("nothing to export yet: run a search first")
+        return list(map(str, exports.export_results(library, outcome)))
+
+    @readable
+    def load_state(text):
+        state, value, picked = exports.load_state(library, text)
+        opts = state.options
+        unique = {v: k for k, v in UNIQUE_LABELS.items()}[opts.unique]
+        return (state.cache_key, value, picked, opts.k, opts.exclude_query, unique, opts.only_label or ALL_LABELS,
+                handlers.grid_preview(library, state.cache_key, value))
+
+    @readable
+    def run_compare(left, right, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):
+        if not left or not right:
+            raise gr.Error("pick two caches to compare (left and right)")
+        comparison, notes = compare_.compare(library, left, right, value, picked,
+                                             options_from(k, exclude, unique, only_label),
+                                             progress=lambda fraction, text: progress(fraction, desc=text))
+        for note in notes:
+            gr.Warning(note)
+        shared = set(comparison.shared)
+        sides = []
+        for outcome in (comparison.left, comparison.right):
+            items = handlers.result_items(library, outcome)
+            sides.append([(image, caption + (" · shared" if match.index in shared else ""))
+                          for (image, caption), match in zip(items, outcome.matches)])
+        return comparison.summary(library), sides[0], sides[1]
+
+    def on_load(request: gr.Request):
+        library.refresh()
+        choices = cache_choices()
+        key = choices[0][1] if choices else None
+        state_text = (request.query_params.get("state") if request is not None else None) or ""
+        return (gr.update(choices=choices, value=key), gr.update(choices=choices, value=key),
+                gr.update(choices=choices, value=choices[1][1] if len(choices) > 1 else key), state_text)
+
+    def tick(current):
+        if default_build is None:
+            return gr.update(), gr.update(), gr.Timer(active=False)
+        if not default_build.done:
+            return f"⏳ Building the default caches (first start only): {default_build.message}", gr.update(), gr.Timer()
+        library.refresh()
+        choices = cache_choices()
+        status = (f"⚠️ The default cache build failed: {default_build.error}" if default_build.error else "")
+        value = current if current in dict((v, t) for t, v in choices) else (choices[0][1] if choices else None)
+        return status, gr.update(choices=choices, value=value), gr.Timer(active=False)
+
+    # ---- layout
+    with gr.Blocks(title="Visual Feature Search") as demo:
+        gr.Markdown("# Visual Feature Search\nPaint a region on an image and find the dataset regions that a "
+                    "vision model's layer finds most similar (cosine over the masked feature window).")
+        status = gr.Markdown("", elem_id="vfs-status")
+        picked = gr.State(None)
+        page = gr.State(0)
+        last = gr.State(None)
+        last_query = gr.State(None)
+        with gr.Row():
+            cache_key = gr.Dropdown(label="Cache (model · layer · dataset)", choices=[], elem_id="vfs-cache",
+                                    scale=3, interactive=True)
+            refresh = gr.Button("↻ Refresh list", elem_id="vfs-refresh", scale=0, size="sm")
+        cache_info = gr.Markdown("", elem_id="vfs-cache-info")
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5):
+                        with gr.Accordion("Pick a query image from the dataset", open=True):
+                            dataset = gr.Gallery(label="Dataset", columns=8, height=230, allow_preview=False,
+                                                 object_fit="contain", elem_id="vfs-dataset", format="png",
+                                                 show_label=False)
+                            with gr.Row():
+                                prev_page = gr.Button("◀", size="sm", elem_id="vfs-prev", min_width=40)
+                                page_label = gr.Markdown("page 1 of 1", elem_id="vfs-page")
+                                next_page = gr.Button("▶", size="sm", elem_id="vfs-next", min_width=40)
+                                index_box = gr.Number(label="image #", precision=0, minimum=0, elem_id="vfs-index",
+                                                      min_width=80, scale=0)
+                                open_index = gr.Button("Open #", size="sm", elem_id="vfs-open-index")
+                                random_button = gr.Button("🎲 Random", size="sm", elem_id="vfs-random")
+                        editor = gr.ImageEditor(
+                            label="Query: paint the region to search for (or upload an image)",
+                            type="numpy", image_mode="RGBA", layers=False, transforms=(),
+                            sources=("upload", "clipboard"), height=440, elem_id="vfs-editor",
+                            brush=gr.Brush(default_size=24, colors=["#ff7800"], default_color="#ff7800",
+                                           color_mode="fixed"),
+                            eraser=gr.Eraser(default_size=24), format="png",
+                        )
+                        picked_label = gr.Markdown("", elem_id="vfs-picked", elem_classes="vfs-small")
+                        gr.Examples(example_images(), inputs=[editor], label="Example photos (uploads)")
+                    with gr.Column(scale=6):
+                        with gr.Row():
+                            k = gr.Slider(1, 48, value=12, step=1, label="results (k)", elem_id="vfs-k")
+                            unique = gr.Radio(list(UNIQUE_LABELS)[:2], value="no limit", label="per label / domain",
+                                              elem_id="vfs-unique")
+                        with gr.Row():
+                            only_label = gr.Dropdown([ALL_LABELS], value=ALL_LABELS, label="only images labelled",
+                                                     elem_id="vfs-only-label")
+                            exclude = gr.Checkbox(True, label="exclude the query image", elem_id="vfs-exclude")
+                        search_button = gr.Button("Search", variant="primary", elem_id="vfs-search")
+                        summary = gr.Markdown("", elem_id="vfs-summary")
+                        results = gr.Gallery(label="Most similar regions (rank · label · cosine)", columns=4,
+                                             height=520, object_fit="contain", elem_id="vfs-results", format="png")
+                        grid = gr.Image(label="What the model sees: mask on the feature grid (shaded cells = "
+                                        "weights; dimmed = cropped away)", type="pil", height=300,
+                                        elem_id="vfs-grid", interactive=False)
+                with gr.Accordion("Score distribution over the whole dataset, by label", open=True):
+                    plot = gr.Plot(elem_id="vfs-plot", show_label=False)
+                with gr.Accordion("Export and share", open=False):
+                    with gr.Row():
+                        export_button = gr.Button("Export results (JSON + CSV)", elem_id="vfs-export")
+                        files = gr.File(label="files", file_count="multiple", elem_id="vfs-files")
+                    share = gr.Textbox(label="Share this query (paste it in 'Load a state', or add ?state=... "
+                                       "to the URL)", elem_id="vfs-share", buttons=["copy"], lines=2)
+                    with gr.Row():
+                        state_text = gr.Textbox(label="Load a state", elem_id="vfs-state-text", scale=4)
+                        load_button = gr.Button("Load state", elem_id="vfs-load-state", scale=1)
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown("The query painted in the Search tab, searched in two caches of the same dataset "
+                            "(two models, or two layers of one model), with the same options.")
+                with gr.Row():
+                    left_key = gr.Dropdown(label="left cache", choices=[], elem_id="vfs-cache-a")
+                    right_key = gr.Dropdown(label="right cache", choices=[], elem_id="vfs-cache-b")
+                compare_button = gr.Button("Compare", variant="primary", elem_id="vfs-compare")
+                compare_summary = gr.Markdown("", elem_id="vfs-compare-summary")
+                with gr.Row():
+                    left_results = gr.Gallery(label="left", columns=3, height=520, elem_id="vfs-results-a",
+                                              object_fit="contain", format="png")
+                    right_results = gr.Gallery(label="right", columns=3, height=520, elem_id="vfs-results-b",
+                                               object_fit="contain", format="png")
+            searched = search_button.click(
+                search, [cache_key, editor, k, exclude, unique, only_label, picked],
+                [results, summary, grid, plot, share, last, last_query], api_name="search",
+            )
+            ctx = AnalysisContext(library=library, cache_key=cache_key, editor=editor, picked=picked,
+                                  query=last_query, results=last, searched=searched)
+            with gr.Tab("Why similar", id="why"):
+                _analysis_tab(ctx)
+        timer = gr.Timer(2.0, active=default_build is not None and not default_build.done)
+
+        # ---- events
+        page_outputs = [dataset, page, page_label]
+        put_outputs = [editor, picked, grid, picked_label]
+        cache_key.change(pick_cache, [cache_key], [cache_info, dataset, page, page_label, only_label, unique],
+                         api_name="pick_cache")
+        refresh.click(lambda key: (library.refresh(), gr.update(choices=cache_choices(), value=key))[1],
+                      [cache_key], [cache_key], api_name=False)
+        prev_page.click(functools.partial(turn_page, step=-1), [cache_key, page], page_outputs, api_name=False)
+        next_page.click(functools.partial(turn_page, step=1), [cache_key, page], page_outputs, api_name=False)
+        dataset.select(pick_from_page, [cache_key, page], put_outputs, api_name=False)
+        random_button.click(pick_random, [cache_key], put_outputs, api_name="random_image")
+        open_index.click(pick_index, [cache_key, index_box], put_outputs, api_name="open_image")
+        editor.apply(preview, [cache_key, editor], [grid], api_name=False, show_progress="hidden")
+        export_button.click(export, [last], [files], api_name="export")
+        load_button.click(load_state, [state_text],
+                          [cache_key, editor, picked, k, exclude, unique, only_label, grid], api_name="load_state")
+        compare_button.click(run_compare, [left_key, right_key, editor, k, exclude, unique, only_label, picked],
+                             [compare_summary, left_results, right_results], api_name="compare")
+        timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
+        demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
+            lambda text: load_state(text) if text else [gr.update()] * 8, [state_text],
+            [cache_key, editor, picked, k, exclude, unique, only_label, grid], api_name=False,
+        )
+    return demo
+
+
+def _analysis_tab(ctx: AnalysisContext) -> None:
+    """Fill the "Why similar" tab from `app.analysis_tab` when it is there; else say why it is empty."""
+    try:
+        from app.analysis_tab import build_analysis_tab
+    except ModuleNotFoundError as error:
+        if error.name != "app.analysis_tab":
+            raise
+        gr.Markdown("The analysis tools (`app/analysis_tab.py`) are not part of this build.")
+        return
+    build_analysis_tab(ctx)
+
+
+def _json(spec: dict) -> str:
+    import json
+
+    return json.dumps(spec)
+
+
+def launch(library: CacheLibrary, *, default_build: DefaultBuild | None = None, host: str = "127.0.0.1",
+           port: int | None = None, share: bool = False, **kwargs) -> None:
+    demo = build(library, default_build=default_build)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
+                show_error=True, **kwargs)
