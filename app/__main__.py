@@ -1,0 +1,52 @@
+"""`python -m app [--port P] [--host H] [--cache-dir DIR] [--share] [--no-default] [--no-hub]`.
+
+Serves the caches found under the cache folder. On first start the offline default caches
+(Fashion-MNIST test through efficientnet_lite0, and scikit-image photos) are built there in the
+background while the page shows the build's progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("VFS_CACHE_DIR", Path.home() / ".cache" / "vfs"))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="interface to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                        help="folder holding feature caches (env VFS_CACHE_DIR; default ~/.cache/vfs)")
+    parser.add_argument("--share", action="store_true", help="ask gradio for a public share link (off by default)")
+    parser.add_argument("--no-default", action="store_true",
+                        default=os.environ.get("VFS_DEFAULT_CACHES", "1") == "0",
+                        help="do not build the default caches (env VFS_DEFAULT_CACHES=0)")
+    parser.add_argument("--no-hub", action="store_true", default=os.environ.get("VFS_HUB", "1") == "0",
+                        help="do not list Hub caches from the catalog (env VFS_HUB=0)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from app.library import CacheLibrary, DefaultBuild
+    from app.ui import launch
+
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    library = CacheLibrary(args.cache_dir, hub=not args.no_hub)
+    library.refresh()
+    build = None if args.no_default else DefaultBuild(args.cache_dir).start()
+    print(f"caches under {args.cache_dir}: {len(library.entries)} found"
+          + ("" if build is None else "; building the default caches in the background"), file=sys.stderr)
+    launch(library, default_build=build, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

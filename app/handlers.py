@@ -1,0 +1,347 @@
+"""What the app's buttons do, as plain functions: editor value -> query -> search -> pictures and files.
+
+No gradio here: `app/ui.py` calls these and turns `vfs.VFSError` into `gr.Error` in one place, so
+tests call them directly with synthetic editor values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from app import drawing
+from app.library import CacheLibrary
+from app.state import UNIQUE_CHOICES, Outcome, Query, SearchOptions
+from vfs.errors import CacheMismatchError, DatasetError, MaskError
+
+MAX_SIDE = 1024              # an upload with a longer side than this is downscaled to it first
+MAX_PIXELS = 40_000_000      # an upload with more pixels than this is refused
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Picked:
+    cache_key: str    # the cache the image was picked from
+    index: int        # its dataset index there
+    image_id: str     # its id there (checked when another cache of the same dataset is searched)
+
+
+# ---- the editor's value
+
+def editor_image(value: dict | np.ndarray | None) -> np.ndarray | None:
+    """The background the user painted on as (H, W, 3) uint8 (transparent pixels over white); None if none."""
+    if isinstance(value, dict):
+        value = value.get("background") if value.get("background") is not None else value.get("composite")
+    if value is None:
+        return None
+    return to_rgb(np.asarray(value))
+
+
+def to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3) uint8, alpha composited over white."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]  # (H, W, 1)
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4) or min(pixels.shape[:2]) < 1:
+        raise DatasetError(f"cannot read an image of shape {pixels.shape}: use a PNG or JPEG photo (RGB or grey)")
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)  # (H, W, 3)
+    if pixels.shape[2] == 4:
+        alpha = pixels[..., 3:4].astype(np.float32) / 255  # (H, W, 1)
+        blended = pixels[..., :3] * alpha + 255 * (1 - alpha)  # (H, W, 3)
+        return np.round(blended).astype(np.uint8)
+    return pixels
+
+
+def editor_mask(value: dict | None, *, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The painted region (H, W) bool: the OR over layers of alpha > 0.
+
+    A layer of another size is resized (nearest) to the background's; with no layers, pixels where
+    the composite differs from the background count as painted. None when there is no image.
+    """
+    if not isinstance(value, dict):
+        return None
+    background = value.get("background")
+    composite = value.get("composite")
+    reference = background if background is not None else composite
+    if shape is None:
+        if reference is None:
+            return None
+        shape = np.asarray(reference).shape[:2]
+    mask = np.zeros(shape, dtype=bool)  # (H, W)
+    layers = [layer for layer in (value.get("layers") or []) if layer is not None]
+    for layer in layers:
+        layer = np.asarray(layer)
+        if layer.ndim != 3 or layer.shape[2] != 4:
+            continue  # a layer without alpha carries no stroke we can tell apart
+        painted = layer[..., 3] > 0  # (h, w)
+        if painted.shape != tuple(shape):
+            painted = np.asarray(Image.fromarray(painted).resize(shape[::-1], Image.Resampling.NEAREST))
+        mask |= painted
+    if not layers and background is not None and composite is not None:
+        background, composite = np.asarray(background), np.asarray(composite)
+        if background.shape == composite.shape and background.shape[:2] == tuple(shape):
+            mask |= np.any(background != composite, axis=-1) if background.ndim == 3 else background != composite
+    return mask
+
+
+def fit_image(image: np.ndarray, mask: np.ndarray | None = None, *, max_side: int = MAX_SIDE
+              ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """Downscale an over-large query (and its mask, nearest) to `max_side`; refuse a huge one.
+
+    Returns (image, mask, note) where note says what was done, or None.
+    """
+    height, width = image.shape[:2]
+    if height * width > MAX_PIXELS:
+        raise DatasetError(
+            f"the image is {width}x{height} pixels ({height * width / 1e6:.0f} MP); the limit is "
+            f"{MAX_PIXELS / 1e6:.0f} MP: downscale it (about {max_side} px on the longer side is plenty) and upload again"
+        )
+    if max(height, width) <= max_side:
+        return image, mask, None
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    return small, mask, f"the image was {width}x{height}; it was downscaled to {size[0]}x{size[1]}"
+
+
+# ---- dataset images
+
+def display_image(cache, index: int) -> np.ndarray:
+    """Dataset image `index` as shown for painting: (H, W, 3) uint8 at `drawing.QUERY_SIDE`."""
+    check_index(cache, index)
+    return np.asarray(drawing.upscale(cache.thumbnail(int(index)), side=drawing.QUERY_SIDE))
+
+
+def check_index(cache, index: int) -> None:
+    n = cache.shape[0]
+    if not 0 <= int(index) < n:
+        raise DatasetError(f"image index {index} is outside this cache's 0..{n - 1}: pick a number in that range")
+
+
+def label_name(cache, index: int) -> str:
+    label = int(cache.labels[index])
+    return cache.label_names[label] if 0 <= label < len(cache.label_names) else "unlabelled"
+
+
+def dataset_page(library: CacheLibrary, cache_key: str, page: int, *, per_page: int = 24
+                 ) -> tuple[list[tuple[Image.Image, str]], int]:
+    """Thumbnails of page `page` (0-based, clamped) as (image, "#index · label"), and the page count."""
+    cache = library.open(cache_key)
+    n = cache.shape[0]
+    pages = max(1, -(-n // per_page))
+    page = min(max(int(page), 0), pages - 1)
+    items = []
+    for index in range(page * per_page, min(n, (page + 1) * per_page)):
+        thumb = drawing.upscale(cache.thumbnail(index), side=96)
+        items.append((thumb, f"#{index} · {label_name(cache, index)}"))
+    return items, pages
+
+
+def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """An ImageEditor value showing `image` (H, W, 3) with `mask` (H, W) as a painted layer."""
+    layers = []
+    composite = image
+    if mask is not None and mask.any():
+        layer = np.zeros((*mask.shape, 4), dtype=np.uint8)  # (H, W, 4)
+        layer[mask] = (*drawing.SHADE, 255)
+        layers = [layer]
+        composite = image.copy()
+        composite[mask] = drawing.SHADE
+    return {"background": image, "layers": layers, "composite": composite}
+
+
+# ---- the query
+
+def read_query(library: CacheLibrary, cache_key: str, value: dict | None, picked: Picked | None = None
+               ) -> tuple[Query, list[str]]:
+    """The query in the editor for cache `cache_key`, and notes for the user (e.g. downscaled).
+
+    A dataset image keeps its index when the editor still shows it unchanged and `cache_key` holds
+    the same image (same id at that index); anything else is treated as an upload.
+    """
+    cache = library.open(cache_key)
+    image = editor_image(value)
+    if image is None:
+        raise DatasetError("there is no query image: pick one from the dataset, upload one, or use an example")
+    mask = editor_mask(value, shape=image.shape[:2])
+    notes = []
+    image, mask, note = fit_image(image, mask)
+    if note:
+        notes.append(note)
+    if mask is None or not mask.any():
+        raise MaskError("mask is empty: paint over the region you want to search for (the brush is in the editor's toolbar)")
+    index, image_id = None, None
+    if picked is not None and 0 <= picked.index < cache.shape[0] and cache.ids[picked.index] == picked.image_id:
+        shown = display_image(cache, picked.index)
+        if shown.shape == image.shape and np.array_equal(shown, image):
+            index, image_id = picked.index, picked.image_id
+    return Query(cache_key=cache_key, image=image, mask=mask, index=index, image_id=image_id), notes
+
+
+_upload_features: dict[tuple[str, str, str], np.ndarray] = {}
+
+
+def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
+    """(C, h, w) float32 features of the query: the cached row for a dataset image, else extracted."""
+    cache = library.open(query.cache_key)
+    if query.index is not None:
+        return np.asarray(cache[query.index : query.index + 1], dtype=np.float32)[0]  # (C, h, w)
+    meta = cache.meta
+    digest = hashlib.sha1(query.image.tobytes() + str(query.image.shape).encode()).hexdigest()
+    key = (meta.model, meta.layer, digest)
+    if key not in _upload_features:
+        extractor = library.extractor(meta.model, meta.layer)
+        features = extractor(Image.fromarray(query.image))  # (1, C, h, w)
+        features = np.asarray(features, dtype=np.float32)[0]  # (C, h, w)
+        if features.shape != tuple(cache.shape[1:]):
+            raise CacheMismatchError(
+                f"{meta.model} {meta.layer} gives features {features.shape} for this image but the cache holds "
+                f"{tuple(cache.shape[1:])}: the cache was built with another input size; rebuild it or pick another cache"
+            )
+        if len(_upload_features) > 16:
+            _upload_features.clear()
+        _upload_features[key] = features
+    return _upload_features[key]
+
+
+def query_weights(library: CacheLibrary, query: Query) -> np.ndarray:
+    """(h, w) float32: the painted mask on the cache's feature grid, through the model's crop."""
+    from vfs import mask_to_grid
+
+    cache = library.open(query.cache_key)
+    weights = mask_to_grid(query.mask, tuple(cache.shape[2:]), preprocess=library.preprocess(cache))
+    if not np.any(weights > 0):
+        raise MaskError(
+            "the painted region lies outside the part of the image the model sees (its centre crop, "
+            "the bright area in 'What the model sees'): paint inside it"
+        )
+    return np.asarray(weights, dtype=np.float32)
+
+
+def grid_preview(library: CacheLibrary, cache_key: str, value: dict | None) -> Image.Image | None:
+    """'What the model sees': the query with the crop, the feature grid and the mask's cell weights."""
+    if not cache_key:
+        return None
+    image = editor_image(value)
+    if image is None:
+        return None
+    mask = editor_mask(value, shape=image.shape[:2])
+    image, mask, _ = fit_image(image, mask)
+    cache = library.open(cache_key)
+    preprocess = library.preprocess(cache)
+    grid = tuple(cache.shape[2:])
+    weights = np.zeros(grid, dtype=np.float32)  # (h, w)
+    if mask is not None and mask.any():
+        from vfs import mask_to_grid
+
+        weights = np.asarray(mask_to_grid(mask, grid, preprocess=preprocess), dtype=np.float32)
+        image = np.asarray(drawing.mask_overlay(image, mask))
+    return drawing.grid_overlay(image, weights, preprocess=preprocess)
+
+
+# ---- search
+
+def run_search(library: CacheLibrary, query: Query, options: SearchOptions, *,
+               progress: Progress | None = None) -> Outcome:
+    """Score every image's best window for the query, then rank under the options."""
+    from vfs import best_windows
+
+    if options.unique not in UNIQUE_CHOICES:
+        raise DatasetError(f"unique={options.unique!r} is not an option; valid: {', '.join(UNIQUE_CHOICES)}")
+    if progress:
+        progress(0.1, "opening the cache")
+    cache = library.open(query.cache_key)
+    if options.unique == "domain" and not cache.domains:
+        raise DatasetError("this cache has no domains: choose 'one per label' or no limit")
+    subset = None
+    if options.only_label:
+        if options.only_label not in cache.label_names:
+            raise DatasetError(f"no label {options.only_label!r} in this cache; labels: {', '.join(cache.label_names)}")
+        subset = np.flatnonzero(cache.labels == cache.label_names.index(options.only_label))
+        if subset.size == 0:
+            raise DatasetError(f"no image has the label {options.only_label!r}: pick another label or 'all'")
+    if progress:
+        progress(0.3, "reading the query")
+    features = query_features(library, query)
+    weights = query_weights(library, query)
+    if progress:
+        progress(0.5, f"searching {cache.shape[0] if subset is None else subset.size} images")
+    start = time.perf_counter()
+    best = best_windows(features, weights, cache, subset=subset)
+    seconds = time.perf_counter() - start
+    matches = rank(best, cache, options, exclude=query.index if options.exclude_query else None)
+    return Outcome(query=query, options=options, matches=matches, best=best, weights=weights,
+                   features=features, seconds=seconds)
+
+
+def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> list:
+    """The top `options.k` of `best` (a vfs.BestWindows), best first, at most one per label/domain if asked."""
+    from vfs import Match
+
+    order = np.argsort(-best.scores, kind="stable")
+    seen, matches = set(), []
+    for position in order:
+        index = int(best.indices[position])
+        if index == exclude:
+            continue
+        if options.unique != "none":
+            group = int(cache.labels[index]) if options.unique == "label" else cache.domains[index]
+            if group in seen:
+                continue
+            seen.add(group)
+        matches.append(Match(index=index, score=float(best.scores[position]), row=int(best.rows[position]),
+                             col=int(best.cols[position]), height=int(best.height), width=int(best.width)))
+        if len(matches) == options.k:
+            break
+    return matches
+
+
+def result_items(library: CacheLibrary, outcome: Outcome, *, side: int = drawing.RESULT_SIDE
+                 ) -> list[tuple[Image.Image, str]]:
+    """Gallery items: each match's thumbnail with its window outlined, captioned 'rank · label · score'."""
+    from vfs import window_to_box
+
+    cache = library.open(outcome.query.cache_key)
+    preprocess = library.preprocess(cache)
+    grid = tuple(cache.shape[2:])
+    items = []
+    for rank_, match in enumerate(outcome.matches, start=1):
+        thumb = drawing.upscale(cache.thumbnail(match.index), side=side)
+        box = window_to_box(match.row, match.col, match.height, match.width, grid,
+                            (thumb.height, thumb.width), preprocess=preprocess)
+        items.append((drawing.outline_window(thumb, box), f"{rank_} · {label_name(cache, match.index)} · {match.score:.3f}"))
+    return items
+
+
+def score_plot(library: CacheLibrary, outcome: Outcome) -> dict:
+    """Vega-Lite spec of the best-window scores over every scored image, one box per label."""
+    cache = library.open(outcome.query.cache_key)
+    scores = np.asarray(outcome.best.scores, dtype=np.float64)
+    labels = [label_name(cache, int(index)) for index in outcome.best.indices]
+    marks = [{"rank": rank_, "label": label_name(cache, match.index), "score": match.score}
+             for rank_, match in enumerate(outcome.matches, start=1)]
+    return drawing.score_boxplot_spec(scores, labels, marks=marks)
+
+
+def search_summary(library: CacheLibrary, outcome: Outcome) -> str:
+    cache = library.open(outcome.query.cache_key)
+    source = f"dataset image #{outcome.query.index}" if outcome.query.index is not None else "uploaded image"
+    cells = int(np.count_nonzero(outcome.weights))
+    return (f"{len(outcome.matches)} results for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
+            f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms")
+
+
+def with_options(outcome: Outcome, library: CacheLibrary, options: SearchOptions) -> Outcome:
+    """Re-rank a finished search under new options that do not change the scored set (k, exclude, unique)."""
+    cache = library.open(outcome.query.cache_key)
+    exclude = outcome.query.index if options.exclude_query else None
+    return replace(outcome, options=options, matches=rank(outcome.best, cache, options, exclude=exclude))

@@ -1,0 +1,209 @@
+"""The caches the app can search, the models that read uploads, and the first-start default build.
+
+`CacheLibrary` is the app's one long-lived object: it finds caches under a root folder, lists Hub
+caches from the catalog when the Hub can be reached, opens a cache once and keeps it in RAM, and
+keeps one model and one extractor per (model, layer) so an upload costs one forward pass.
+No gradio here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from vfs.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+HUB_PREFIX = "hub:"  # keys of Hub caches: "hub:<repo>@<revision>"; local keys are paths under root
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str                  # what the dropdown holds: a path relative to root, or "hub:<repo>@<rev>"
+    title: str                # what the dropdown shows
+    path: Path | None         # local folder of the cache; None for a Hub cache not yet opened
+    repo: str | None = None   # Hub repository, for Hub caches
+    revision: str | None = None  # Hub revision (a commit sha where the catalog pins one)
+
+
+def describe(cache) -> str:
+    """One line naming a cache: model, layer, dataset, N, grid and dtype."""
+    meta = cache.meta
+    n, channels, height, width = cache.shape
+    return (f"{meta.model} · {meta.layer} · {meta.dataset} — {n} images, grid {height}x{width}, "
+            f"{channels} channels, {meta.dtype}")
+
+
+def find_local_caches(root: Path) -> list[Path]:
+    """Folders under `root` (two levels deep at most) that hold a VFS cache (a Zarr group)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for marker in sorted([*root.glob("*/zarr.json"), *root.glob("*/*/zarr.json")]):
+        folder = marker.parent
+        if any(parent in found for parent in folder.parents):
+            continue
+        if (folder / "features").exists():
+            found.append(folder)
+    return found
+
+
+class CacheLibrary:
+    """Caches by key, opened once and held in RAM; models and extractors built once per name."""
+
+    def __init__(self, root: Path | str, *, hub: bool = True):
+        self.root = Path(root)
+        self.hub = hub
+        self._entries: dict[str, CacheEntry] = {}
+        self._caches: dict[str, object] = {}
+        self._models: dict[str, object] = {}
+        self._extractors: dict[tuple[str, str], object] = {}
+        self._lock = threading.RLock()
+
+    # ---- listing
+    def refresh(self) -> list[CacheEntry]:
+        """Scan the root folder (and the Hub catalog when reachable) and return every entry."""
+        from vfs import open_cache
+
+        entries: dict[str, CacheEntry] = {}
+        for folder in find_local_caches(self.root):
+            key = folder.relative_to(self.root).as_posix()
+            try:
+                title = describe(open_cache(folder))
+            except Exception as error:  # an unfinished or damaged cache is listed, not fatal
+                log.warning("skipping cache %s: %s", folder, error)
+                continue
+            entries[key] = CacheEntry(key=key, title=title, path=folder)
+        if self.hub:
+            entries.update({entry.key: entry for entry in hub_entries()})
+        with self._lock:
+            self._entries = entries
+        return list(entries.values())
+
+    @property
+    def entries(self) -> list[CacheEntry]:
+        return list(self._entries.values())
+
+    def entry(self, key: str) -> CacheEntry:
+        if not key:
+            raise CacheError("no cache is selected: pick one in the 'Cache' list first")
+        if key not in self._entries:
+            self.refresh()
+        if key not in self._entries:
+            valid = ", ".join(self._entries) or "none found"
+            raise CacheError(f"no cache named {key!r}; available: {valid}. Pick one from the 'Cache' list")
+        return self._entries[key]
+
+    # ---- opening
+    def open(self, key: str):
+        """The cache behind `key`, read into RAM on first use (a hot cache belongs in RAM)."""
+        with self._lock:
+            if key in self._caches:
+                return self._caches[key]
+            entry = self.entry(key)
+            if entry.repo is not None:
+                import hub_caches
+
+                cache = hub_caches.open(entry.repo, revision=entry.revision)
+            else:
+                from vfs import open_cache
+
+                cache = open_cache(entry.path)
+            cache = cache.load()
+            self._caches[key] = cache
+            return cache
+
+    def model(self, name: str):
+        """`vfs.load_model(name)`, loaded once."""
+        with self._lock:
+            if name not in self._models:
+                from vfs import load_model
+
+                self._models[name] = load_model(name)
+            return self._models[name]
+
+    def extractor(self, model_name: str, layer: str):
+        """A `vfs.FeatureExtractor` for (model, layer), built once."""
+        with self._lock:
+            key = (model_name, layer)
+            if key not in self._extractors:
+                from vfs import FeatureExtractor
+
+                model = self.model(model_name)
+                self._extractors[key] = FeatureExtractor(model.module, layer, preprocess=model.preprocess)
+            return self._extractors[key]
+
+    def preprocess(self, cache):
+        """The geometry the cache's model applies to an image (recorded in the cache's metadata)."""
+        meta = cache.meta
+        if hasattr(meta, "make_preprocess"):
+            return meta.make_preprocess()
+        return self.model(meta.model).preprocess
+
+
+def hub_entries() -> list[CacheEntry]:
+    """Catalog caches, when `hub_caches` is installed and its catalog can be read; else none."""
+    try:
+        import hub_caches
+
+        catalog = hub_caches.catalog()
+    except Exception as error:  # offline, or the package not there: the app runs on local caches
+        log.info("Hub catalog not available: %s", error)
+        return []
+    entries = []
+    for item in catalog:
+        repo = getattr(item, "repo", None) or item["repo"]
+        revision = getattr(item, "revision", None) if not isinstance(item, dict) else item.get("revision")
+        title = getattr(item, "title", None) if not isinstance(item, dict) else item.get("title")
+        key = f"{HUB_PREFIX}{repo}@{revision or 'main'}"
+        entries.append(CacheEntry(key=key, title=f"Hub: {title or repo}", path=None, repo=repo, revision=revision))
+    return entries
+
+
+class DefaultBuild:
+    """Builds the offline default caches in a background thread, keeping a line of progress to show.
+
+    `vfs.default_cache.ensure_default_caches(root, progress=...)` does the work; whatever it reports
+    is kept as text in `message`, so the page can show it while the build runs.
+    """
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.message = "starting the default cache build"
+        self.done = False
+        self.error: str | None = None
+        self.paths: dict[str, Path] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "DefaultBuild":
+        self._thread = threading.Thread(target=self._run, name="vfs-default-build", daemon=True)
+        self._thread.start()
+        return self
+
+    def report(self, *args, **kwargs) -> None:
+        """Progress callback: keeps the latest report as one line of text."""
+        parts = [str(arg) for arg in args] + [f"{key}={value}" for key, value in kwargs.items()]
+        if len(args) >= 2 and all(isinstance(arg, int) for arg in args[:2]) and args[1]:
+            parts = [f"{args[0]}/{args[1]} ({100 * args[0] / args[1]:.0f}%)"] + [str(arg) for arg in args[2:]]
+        self.message = " ".join(parts)
+
+    def _run(self) -> None:
+        try:
+            from vfs.default_cache import ensure_default_caches
+
+            self.paths = dict(ensure_default_caches(self.root, progress=self.report))
+            self.message = "default caches ready"
+        except Exception as error:  # shown on the page; the app still serves other caches
+            log.exception("default cache build failed")
+            self.error = f"{type(error).__name__}: {error}"
+        finally:
+            self.done = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.done
