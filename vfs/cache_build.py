@@ -1,0 +1,295 @@
+"""`build_cache`: extract a layer's features of a whole dataset into a Zarr v3 cache; resumable.
+
+The build goes block by block (a block is `shard_size` images, the unit of every array's files).
+Each block's arrays are written whole, and only then is the block's progress row written (the byte
+size of each file, also used later to tell a missing or emptied file from a good one). Killed at any
+point, even with SIGKILL, the same command resumes at the first block without a progress row and
+rewrites it. Batches never straddle a block, so a resumed build runs the model on exactly the same
+batches as an uninterrupted one and the result is identical, bit for bit, except for the times.
+
+Decoding and preprocessing run in a thread one block ahead of the model (PIL and torch release the
+GIL), so on two cores the model is rarely kept waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from PIL import Image
+
+from vfs.cache_format import (
+    ARRAYS, CODEC, SCHEMA, SHARD, SHARDED, THUMBNAIL, CacheMeta, block_key, compressors, stored_size,
+    thumbnail_size,
+)
+from vfs.datasets import ImageDataset, ImageItem, open_dataset
+from vfs.errors import CacheMismatchError, DatasetError
+
+Progress = bool | Callable[[float, str], None]
+
+
+def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | Path, *,
+                dtype: str = "float16", batch_size: int = 32, input_size: int | None = None,
+                codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
+                thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False) -> Path:
+    """Build the cache of `dataset`'s features at `layer` of `model` into the folder `out`; return `out`.
+
+    `model` is a `LoadedModel` or a name for `load_model`; `dataset` an `ImageDataset` or a spec for
+    `open_dataset`. `input_size` sets the square side the model sees (the shorter side is resized in
+    the model's own resize/crop ratio). An unfinished cache at `out` built the same way is resumed; a
+    finished one is returned as is; one built differently raises `CacheMismatchError` unless
+    `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
+    """
+    from vfs.features import FeatureExtractor
+    from vfs.models import load_model
+
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype {dtype!r} is not supported: use float16 (default) or float32")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be at least 1")
+    loaded = load_model(model) if isinstance(model, str) else model
+    data = open_dataset(dataset) if isinstance(dataset, str) else dataset
+    if len(data) == 0:
+        raise DatasetError(f"dataset {data.name!r} has no images: nothing to build")
+    preprocess = loaded.preprocess
+    if input_size is not None:
+        preprocess = replace(preprocess, size=round(input_size * preprocess.size / preprocess.crop), crop=input_size)
+    extractor = FeatureExtractor(loaded.module, layer, batch_size=batch_size)
+    with torch.inference_mode():
+        probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop))  # (1, C, H, W)
+    _, channels, height, width = probe.shape
+    arrays = tuple(name for name in ARRAYS if (name != "domains" or data.has_domains)
+                   and (name != "boxes" or data.has_boxes))
+    meta = CacheMeta(
+        schema=SCHEMA, model=loaded.name, weights_id=loaded.weights_id, layer=layer,
+        preprocess=_fields(preprocess), input_size=preprocess.crop, grid=(height, width), channels=channels,
+        dtype=dtype, count=len(data), shard_size=shard_size, codec=codec, checksum=checksum,
+        thumbnail=thumbnail, dataset=data.name, dataset_fingerprint=data.fingerprint(),
+        label_names=tuple(data.label_names), arrays=arrays, versions=_versions(),
+        created=_now(), finished=None, status="building")
+    out = Path(out).expanduser()
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        group, meta = _open_or_create(out, meta, overwrite=overwrite)
+        if meta.status == "complete":
+            return out
+        done = group["progress"][:].any(axis=1)  # (blocks,)
+        todo = [block for block in range(meta.blocks) if not done[block]]
+        reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
+        try:
+            for block, items, images in _prefetch(data, meta, preprocess, todo, batch_size=batch_size):
+                _write_block(group, meta, block, items, _extract(extractor, images, dtype))
+                reporter.advance(len(items))
+        finally:
+            reporter.close()
+        nbytes = group["progress"][:]  # (blocks, arrays)
+        finished = replace(meta, status="complete", finished=_now())
+        group.attrs.update({"vfs_cache": finished.to_attrs(),
+                            "block_nbytes": {name: nbytes[:, i].tolist() for i, name in enumerate(arrays)}})
+    return out
+
+
+def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zarr.Group, CacheMeta]:
+    """Open the cache at `out` to resume it (after checking it was built the same way), or create it."""
+    if (out / "zarr.json").exists():
+        group = zarr.open_group(out, mode="r+")
+        attrs = group.attrs.get("vfs_cache")
+        if attrs is not None and not overwrite:
+            found = CacheMeta.from_attrs(attrs)
+            differ = {key: (found.identity().get(key), value)
+                      for key, value in meta.identity().items() if found.identity().get(key) != value}
+            if differ:
+                lines = "; ".join(f"{key}: cache has {old!r}, asked for {new!r}" for key, (old, new) in differ.items())
+                raise CacheMismatchError(f"{out} holds a cache built differently ({lines}); use another --out "
+                                         "folder, or pass overwrite=True to replace it")
+            return group, found
+    if out.exists() and any(out.iterdir()):
+        if not overwrite and not (out / "zarr.json").exists():
+            raise CacheMismatchError(f"{out} exists and is not a feature cache: pick an empty or new folder")
+        shutil.rmtree(out)
+    group = zarr.open_group(out, mode="w")
+    n, rows, (height, width) = meta.count, meta.shard_size, meta.grid
+    shapes = {"features": ((n, height, width, meta.channels), meta.dtype),
+              "thumbnails": ((n, meta.thumbnail, meta.thumbnail, 3), "uint8"),
+              "sq_norms": ((n, height, width), "float32"), "labels": ((n,), "int64"),
+              "image_sizes": ((n, 2), "int32"), "ids": ((n,), str), "domains": ((n,), str), "boxes": ((n,), str)}
+    for name in meta.arrays:
+        shape, dtype = shapes[name]
+        block = (rows,) + shape[1:]
+        codec = meta.codec if name == "features" else "zstd"
+        group.create_array(name, shape=shape, dtype=dtype, chunks=(1,) + shape[1:] if name in SHARDED else block,
+                           shards=block if name in SHARDED else None, fill_value=-1 if name == "labels" else None,
+                           compressors=compressors(codec, dtype=np.dtype(dtype), checksum=meta.checksum))
+    group.create_array("progress", shape=(meta.blocks, len(meta.arrays)), chunks=(1, len(meta.arrays)),
+                       dtype="int64", fill_value=0, compressors=compressors("none", dtype=np.dtype("int64")))
+    group.attrs.update({"vfs_cache": meta.to_attrs()})  # last: a group without it is started afresh
+    return group, meta
+
+
+def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list[int], *,
+              batch_size: int) -> Iterator[tuple[int, list[ImageItem], list[torch.Tensor]]]:
+    """Yield (block, items, batches of model input) for each block, decoded one block ahead in a thread."""
+    results: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def load() -> None:
+        try:
+            for block in blocks:
+                start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
+                items, images = [], []
+                for first in range(start, end, batch_size):  # batches never cross a block
+                    batch = [data[i] for i in range(first, min(end, first + batch_size))]
+                    items += batch
+                    images.append(preprocess([item.image for item in batch]))  # (B, 3, crop, crop)
+                    if stop.is_set():
+                        return
+                results.put((block, items, images))
+        except BaseException as error:  # handed to the consumer, raised there
+            results.put(error)
+        results.put(None)
+
+    thread = threading.Thread(target=load, name="vfs-cache-loader", daemon=True)
+    thread.start()
+    try:
+        while (got := results.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a loader waiting on a full queue
+            try:
+                results.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+@torch.inference_mode()
+def _extract(extractor: Any, images: list[torch.Tensor], dtype: str) -> torch.Tensor:
+    """Batches of model input -> stored features (n, H, W, C) in the cache dtype."""
+    parts = [extractor(batch).to(getattr(torch, dtype)) for batch in images]  # each (B, C, H, W)
+    return torch.cat(parts).permute(0, 2, 3, 1).contiguous()  # (n, H, W, C)
+
+
+def _write_block(group: zarr.Group, meta: CacheMeta, block: int, items: list[ImageItem],
+                 features: torch.Tensor) -> None:
+    """Write every array's block, then the block's progress row (the byte size of each file)."""
+    start = block * meta.shard_size
+    stop = start + len(items)
+    sizes = np.array([[item.image.height, item.image.width] for item in items], dtype=np.int32)  # (n, 2)
+    values = {
+        "features": features.numpy(),  # (n, H, W, C)
+        "sq_norms": features.float().pow(2).sum(-1).numpy(),  # (n, H, W), from the stored values
+        "labels": np.array([item.label for item in items], dtype=np.int64),
+        "image_sizes": sizes,
+        "thumbnails": np.stack([_thumbnail(item.image, meta.thumbnail) for item in items]),  # (n, T, T, 3)
+        "ids": np.array([item.id for item in items], dtype=object),
+        "domains": np.array([item.domain or "" for item in items], dtype=object),
+        "boxes": np.array([_boxes_json(item.boxes) for item in items], dtype=object),
+    }
+    for name in meta.arrays:
+        group[name][start:stop] = values[name]
+    store = group.store
+    row = [stored_size(store, block_key(group[name], block)) or 0 for name in meta.arrays]
+    group["progress"][block] = np.array(row, dtype=np.int64)
+
+
+def _thumbnail(image: Image.Image, side: int) -> np.ndarray:
+    """(side, side, 3) uint8: the image scaled to fit (never up), top-left aligned, zero padded."""
+    height, width = thumbnail_size(image.height, image.width, side)
+    small = image if (height, width) == (image.height, image.width) else image.resize(
+        (width, height), Image.Resampling.LANCZOS)
+    canvas = np.zeros((side, side, 3), dtype=np.uint8)
+    canvas[:height, :width] = np.asarray(small.convert("RGB"))
+    return canvas
+
+
+def _boxes_json(boxes: np.ndarray | None) -> str:
+    return "" if boxes is None else str(np.asarray(boxes, dtype=float).reshape(-1, 4).tolist())
+
+
+def _images_in(meta: CacheMeta, blocks: list[int]) -> int:
+    return sum(min(meta.count, (b + 1) * meta.shard_size) - b * meta.shard_size for b in blocks)
+
+
+def _fields(preprocess: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(preprocess).items()}
+
+
+def _versions() -> dict[str, str]:
+    import numcodecs
+    import vfs
+
+    return {"vfs": vfs.__version__, "torch": torch.__version__, "zarr": zarr.__version__,
+            "numpy": np.__version__, "numcodecs": numcodecs.__version__}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _Reporter:
+    """A tqdm bar (images/s, time left), a `callable(fraction, message)`, or nothing."""
+
+    def __init__(self, progress: Progress, *, total: int, done: int, name: str):
+        self.callback = progress if callable(progress) else None
+        self.total, self.done, self.start, self.first = total, done, time.monotonic(), done
+        self.bar = None
+        if progress is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="img", desc=f"indexing {name}", smoothing=0.1)
+        self._call()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        self._call()
+
+    def _call(self) -> None:
+        if self.callback is None:
+            return
+        elapsed = time.monotonic() - self.start
+        rate = (self.done - self.first) / elapsed if elapsed > 0 and self.done > self.first else 0.0
+        left = f", {(self.total - self.done) / rate:.0f} s left" if rate else ""
+        self.callback(self.done / self.total, f"{self.done}/{self.total} images ({rate:.0f}/s{left})")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def index_command(argv: list[str]) -> int:
+    """`python -m vfs index --model NAME --layer LAYER --dataset SPEC --out PATH`: build or resume a cache."""
+    parser = argparse.ArgumentParser(prog="python -m vfs index", description=index_command.__doc__)
+    parser.add_argument("--model", default="efficientnet_lite0", help="model name (default efficientnet_lite0)")
+    parser.add_argument("--layer", required=True, help="layer name; `python -m vfs layers` lists them")
+    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH")
+    parser.add_argument("--out", required=True, type=Path, help="cache folder (resumed if unfinished)")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--input-size", type=int, default=None, help="side the model sees (default: model's)")
+    parser.add_argument("--codec", default=CODEC, choices=("none", "lz4", "zstd"))
+    parser.add_argument("--shard-size", type=int, default=SHARD, help=f"images per shard (default {SHARD})")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    path = build_cache(args.model, args.layer, args.dataset, args.out, dtype=args.dtype,
+                       batch_size=args.batch_size, input_size=args.input_size, codec=args.codec,
+                       shard_size=args.shard_size)
+    print(f"cache ready: {path}")
+    return 0

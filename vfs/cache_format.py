@@ -1,0 +1,139 @@
+"""The on-disk layout of a feature cache: one Zarr v3 group, its arrays, codecs and attributes.
+
+    zarr.json                 attributes: "vfs_cache" (what was built, `CacheMeta`) and "build" (status)
+    features     (N, H, W, C) float16|float32, channels-last; chunk = 1 image, shard = S images
+    thumbnails   (N, T, T, 3) uint8, each image scaled to fit T x T, top-left aligned; same sharding
+    sq_norms     (N, H, W)    float32, squared L2 norm of each stored feature vector; chunk = S images
+    labels       (N,)         int64, -1 where unknown; chunk = S images
+    image_sizes  (N, 2)       int32, original (height, width); chunk = S images
+    ids          (N,)         str, path or id of each image; chunk = S images
+    domains      (N,)         str, only when the dataset has domains
+    boxes        (N,)         str, JSON list of (top, left, bottom, right) per image, only with boxes
+    progress     (B, A)       int64, one chunk per block of S images: the byte size of each array's
+                              block, written only after every array's block is written (0 = not done)
+
+Every chunk carries a crc32c checksum (Zarr's `crc32c` codec, and the shard index has its own), so
+flipped bits and truncation fail to decode. A missing or emptied file would silently read as the fill
+value, so the byte size of every block is recorded too and checked before the block is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
+
+SCHEMA = 1
+THUMBNAIL = 96          # thumbnail side in pixels (images are never scaled up)
+SHARD = 1024            # images per shard (per block of every array)
+CODEC = "lz4"           # default compressor of features: see bench/cache.py for the figures
+SHARDED = ("features", "thumbnails")  # arrays with one chunk per image inside each shard
+ARRAYS = ("features", "thumbnails", "sq_norms", "labels", "image_sizes", "ids", "domains", "boxes")
+
+
+def compressors(codec: str, *, dtype: np.dtype, checksum: bool = True) -> list[Any]:
+    """Bytes-to-bytes codecs of an array: an optional compressor, then crc32c."""
+    chosen: list[Any]
+    if codec != "none" and np.dtype(dtype).kind in "OTU":  # strings: blosc needs a fixed item size
+        chosen = [ZstdCodec(level=3)]
+    elif codec == "none":
+        chosen = []
+    elif codec in ("lz4", "zstd"):
+        chosen = [BloscCodec(cname=codec, clevel=5 if codec == "lz4" else 1, shuffle="shuffle",
+                             typesize=np.dtype(dtype).itemsize)]
+    else:
+        raise ValueError(f"unknown codec {codec!r}: use none, lz4 or zstd")
+    return chosen + ([Crc32cCodec()] if checksum else [])
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    schema: int                    # layout version (SCHEMA)
+    model: str                     # model name given to load_model
+    weights_id: str                # identity of the model weights (sha256 or "random")
+    layer: str                     # layer name, as in model.named_modules()
+    preprocess: dict[str, Any]     # the Preprocess fields the images went through (size, crop, mean...)
+    input_size: int                # side of the square the model saw
+    grid: tuple[int, int]          # (H, W) feature cells
+    channels: int                  # C
+    dtype: str                     # "float16" or "float32"
+    count: int                     # N images
+    shard_size: int                # images per shard / block
+    codec: str                     # compressor of the features ("none", "lz4", "zstd")
+    checksum: bool                 # crc32c on every chunk
+    thumbnail: int                 # thumbnail side in pixels
+    dataset: str                   # dataset name or spec
+    dataset_fingerprint: str       # hash of the dataset's file list / content
+    label_names: tuple[str, ...]   # label index -> name
+    arrays: tuple[str, ...]        # arrays this cache holds
+    versions: dict[str, str]       # library versions at creation
+    created: str                   # ISO time the build started
+    finished: str | None           # ISO time the build finished, None while building
+    status: str                    # "building" or "complete"
+
+    @property
+    def blocks(self) -> int:
+        """Number of blocks of `shard_size` images (the last may be short)."""
+        return -(-self.count // self.shard_size)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two builds to be the same cache (everything but times and versions)."""
+        skip = ("versions", "created", "finished", "status")
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> CacheMeta:
+        values = dict(attrs)
+        values["grid"] = tuple(values["grid"])
+        values["label_names"] = tuple(values["label_names"])
+        values["arrays"] = tuple(values["arrays"])
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def make_preprocess(self):
+        """The `Preprocess` to apply to a query so its features match this cache's."""
+        from vfs.preprocess import Preprocess
+
+        known = {f.name for f in fields(Preprocess)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items() if k in known}
+        return Preprocess(**values)
+
+    def resume_command(self, out: str) -> str:
+        """The `python -m vfs index` command that builds (or resumes) this cache at `out`."""
+        extra = "" if self.codec == CODEC else f" --codec {self.codec}"
+        extra += "" if self.shard_size == SHARD else f" --shard-size {self.shard_size}"
+        return (f"python -m vfs index --model {self.model} --layer {self.layer} --dataset '{self.dataset}' "
+                f"--out {out} --dtype {self.dtype} --input-size {self.input_size}{extra}")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly form (tuples -> lists) so attributes compare equal after a round trip."""
+    return json.loads(json.dumps(value))
+
+
+def thumbnail_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) of an image scaled down to fit side x side; never scaled up."""
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def block_key(array: zarr.Array, block: int) -> str:
+    """Store key of the file holding block `block` (S images) of `array`."""
+    coords = (block,) + (0,) * (array.ndim - 1)
+    return f"{array.path}/{array.metadata.encode_chunk_key(coords)}"
+
+
+def stored_size(store: Store, key: str) -> int | None:
+    """Byte size of `key` in `store`, or None when it is missing."""
+    try:
+        return sync(store.getsize(key))
+    except FileNotFoundError:
+        return None
