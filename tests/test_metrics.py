@@ -1,0 +1,144 @@
+"""Neighbour metrics with planted answers; AUROC against scikit-learn; the experiment command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from vfs.errors import SearchError
+from vfs.metrics import (
+    auroc,
+    bin_by,
+    box_iou,
+    distinct_labels,
+    domain_neighbours,
+    label_scores,
+    neighbours,
+    same_label_fraction,
+    shared_neighbours,
+    window_ious,
+)
+
+
+def planted_source(per_label: int = 6, labels: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each label is one random pattern (C, H, W); images are their label's pattern plus small noise."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(size=(labels, 8, 3, 3))
+    label_of = np.repeat(np.arange(labels), per_label)
+    rng.shuffle(label_of)
+    features = patterns[label_of] + 0.05 * rng.normal(size=(len(label_of), 8, 3, 3))
+    return features.astype(np.float32), label_of
+
+
+def test_distinct_labels_is_one_when_each_label_is_a_pattern():
+    source, labels = planted_source()
+    nb = neighbours(source, range(len(source)), k=5)
+    assert nb.indices.shape == (24, 5)
+    assert not (nb.indices == nb.queries[:, None]).any()  # the query itself is excluded
+    assert (distinct_labels(nb, labels) == 1).all()
+    assert (same_label_fraction(nb, labels) == 1.0).all()
+    # shuffled labels break it: the metric can fail
+    shuffled = np.random.default_rng(1).permutation(labels)
+    assert distinct_labels(nb, shuffled).mean() > 1.5
+
+
+def test_shared_neighbours_of_a_source_with_itself_is_k():
+    source, _ = planted_source()
+    a = neighbours(source, [0, 3, 7], k=4)
+    b = neighbours(source.copy(), [0, 3, 7], k=4)
+    assert shared_neighbours(a, b).tolist() == [4, 4, 4]
+    other = neighbours(np.random.default_rng(2).normal(size=source.shape), [0, 3, 7], k=4)
+    assert shared_neighbours(a, other).max() < 4
+    with pytest.raises(SearchError, match="same query list"):
+        shared_neighbours(a, neighbours(source, [0, 3], k=4))
+
+
+def test_planted_box_is_found_with_iou_one():
+    rng = np.random.default_rng(3)
+    source = (0.1 * rng.random((6, 5, 8, 8))).astype(np.float32)
+    patch = rng.normal(size=(5, 2, 3)) * 10
+    source[0, :, 2:4, 3:6] = patch  # query region: cells rows 2..3, cols 3..5
+    source[4, :, 5:7, 1:4] = patch  # the planted copy
+    sizes = np.full((6, 2), 64)  # 64x64 pixels, 8 pixels per cell
+    boxes = [None] * 6
+    boxes[4] = np.array([[40.0, 8.0, 56.0, 32.0], [0.0, 0.0, 8.0, 8.0]])  # the copy, and a decoy
+    boxes[1] = np.array([[0.0, 0.0, 64.0, 64.0]])
+    nb = neighbours(source, [0], k=2, boxes=[(16.0, 24.0, 32.0, 48.0)], image_sizes=sizes)
+    assert nb.indices[0, 0] == 4 and (nb.rows[0, 0], nb.cols[0, 0]) == (5, 1)
+    assert nb.scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert (nb.heights[0], nb.widths[0]) == (2, 3)
+    ious = window_ious(nb, boxes, sizes, (8, 8))
+    assert ious[0] == pytest.approx(1.0)
+    second = window_ious(nb, boxes, sizes, (8, 8), rank=1)  # NaN unless the runner-up has a box
+    assert np.isnan(second[0]) or second[0] < 1.0
+
+
+def test_box_iou_and_binning():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (0, 5, 10, 15)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    rows = bin_by(np.array([1.0, 0.5, 0.0, np.nan]), np.array([0.1, 0.15, 0.6, 0.6]), [0.0, 0.5, 1.0])
+    assert rows[0] == {"low": 0.0, "high": 0.5, "count": 2, "mean": 0.75}
+    assert rows[1]["count"] == 1 and rows[1]["mean"] == 0.0
+
+
+def whole_image_cosine(source: np.ndarray, i: int) -> np.ndarray:
+    flat = source.reshape(len(source), -1).astype(np.float64)
+    return flat @ flat[i] / (np.linalg.norm(flat, axis=1) * np.linalg.norm(flat[i]))
+
+
+def test_domain_neighbours_take_the_best_image_of_each_domain():
+    rng = np.random.default_rng(4)
+    source = rng.normal(size=(30, 6, 2, 2)).astype(np.float32)
+    domains = [f"d{i % 5}" for i in range(30)]
+    for query in (0, 7, 29):
+        nb = domain_neighbours(source, [query], domains, k=3)
+        cosine = whole_image_cosine(source, query)
+        cosine[query] = -np.inf
+        best_per_domain = {}
+        for i in range(30):
+            d = domains[i]
+            if d not in best_per_domain or cosine[i] > cosine[best_per_domain[d]]:
+                best_per_domain[d] = i
+        expected = sorted(best_per_domain.values(), key=lambda i: -cosine[i])[:3]
+        assert nb.indices[0].tolist() == expected
+        assert len({domains[i] for i in nb.indices[0]}) == 3
+        np.testing.assert_allclose(nb.scores[0], cosine[expected], atol=1e-5)
+    with pytest.raises(SearchError, match="k <= 5"):
+        domain_neighbours(source, [0], domains, k=6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=200).astype(np.float64)  # many ties
+    positives = rng.random(200) < 0.3 + 0.1 * scores / 5
+    assert auroc(scores, positives) == pytest.approx(roc_auc_score(positives, scores), abs=1e-12)
+    continuous = rng.normal(size=50)
+    labels = rng.random(50) < 0.5
+    assert auroc(continuous, labels) == pytest.approx(roc_auc_score(labels, continuous), abs=1e-12)
+
+
+def test_auroc_extremes_and_one_class():
+    assert auroc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5
+    with pytest.raises(SearchError, match="both classes"):
+        auroc([0.1, 0.2], [True, True])
+
+
+def test_label_scores_separate_planted_labels():
+    source, labels = planted_source()
+    result = label_scores(source, [0, 5, 11], labels)
+    assert result.scores.shape == (3, 24)
+    for q, query in enumerate([0, 5, 11]):
+        assert np.isnan(result.scores[q, query])
+        expected = whole_image_cosine(source, query)
+        others = np.arange(24) != query
+        np.testing.assert_allclose(result.scores[q, others], expected[others], atol=1e-5)
+    np.testing.assert_allclose(result.aurocs, 1.0)
+    shuffled = label_scores(source, [0, 5, 11], np.random.default_rng(5).permutation(labels))
+    assert shuffled.aurocs.mean() < 0.9

@@ -1,0 +1,241 @@
+"""Quantitative neighbour metrics (the experiments of Ulrich & Fong, "Interactive Visual Feature
+Search", made reusable): batch queries over any source, then measures of what came back.
+
+    nb = neighbours(cache, queries, k=5)                  # whole-image queries, query itself excluded
+    distinct_labels(nb, cache.labels).mean()              # labels among the top 5 (1 = all the same)
+    shared_neighbours(nb, neighbours(other, queries, k=5)).mean()   # overlap of two layers/models
+    window_ious(nb, boxes, image_sizes, grid)             # matched window vs ground-truth boxes
+    domain_neighbours(cache, queries, domains, k=3)       # the best match from k distinct domains
+    label_scores(cache, queries, labels)                  # per-query AUROC of "score predicts same label"
+
+Every function takes a `source` (anything `(N, C, H, W)` that slices along dim 0, as in
+`vfs.search`) and plain arrays for labels, domains and boxes, so it works on caches and on arrays.
+A query is an image of the source (its index); its region is the whole image, or a box
+`(top, left, bottom, right)` in original pixels mapped with `box_to_grid`. `python -m vfs
+experiment` (in `vfs.experiment`) runs these on caches and prints tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vfs.errors import SearchError
+from vfs.masks import box_to_grid, window_to_box
+from vfs.search import best_windows, search
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The top-k matches of a batch of queries over one source."""
+
+    queries: np.ndarray  # (Q,) int64, query image indices into the source
+    indices: np.ndarray  # (Q, k) int64, matched image indices, best first
+    scores: np.ndarray  # (Q, k) float32, cosine similarity of each match
+    rows: np.ndarray  # (Q, k) int64, top row of each matched window, in feature cells
+    cols: np.ndarray  # (Q, k) int64, left column of each matched window
+    heights: np.ndarray  # (Q,) int64, window height in cells of each query
+    widths: np.ndarray  # (Q,) int64, window width in cells of each query
+
+
+def query_weights(
+    grid: tuple[int, int], *, box=None, image_size: tuple[int, int] | None = None, preprocess=None
+) -> np.ndarray:
+    """Weights `(H, W)` of a query: all ones for the whole image, else the box on the grid
+    (binarised at 0.5 coverage, so the region is the cells the box mostly covers)."""
+    if box is None:
+        return np.ones(grid, dtype=np.float32)
+    if image_size is None:
+        raise SearchError("a box query needs image_size=(height, width) of the original image")
+    return box_to_grid(box, image_size, grid, preprocess=preprocess, binarize=0.5)
+
+
+def _query_features(source, index: int) -> np.ndarray:
+    return np.asarray(source[index : index + 1])[0]  # (C, H, W)
+
+
+def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) -> list[np.ndarray]:
+    grid = tuple(source.shape[-2:])
+    if boxes is None:
+        return [query_weights(grid)] * len(queries)
+    if len(boxes) != len(queries) or image_sizes is None:
+        raise SearchError(
+            f"{len(boxes)} boxes for {len(queries)} queries: give one box per query and the image_sizes of the source"
+        )
+    return [
+        query_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
+        for q, box in zip(queries, boxes)
+    ]
+
+
+def neighbours(
+    source, queries: Sequence[int], *, k: int = 5, boxes=None, image_sizes=None, preprocess=None, block=None
+) -> Neighbours:
+    """Run `vfs.search` for every query (the query image excluded) and stack the top `k`.
+
+    `boxes` (one `(top, left, bottom, right)` per query, original pixels) restricts each query to a
+    box; then `image_sizes` `(N, 2)` and the cache's `preprocess` map it onto the grid.
+    """
+    queries = np.asarray(queries, dtype=np.int64)
+    weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
+    shape = (len(queries), k)
+    indices, rows, cols = (np.full(shape, -1, np.int64) for _ in range(3))
+    scores = np.full(shape, np.nan, np.float32)
+    heights, widths = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
+    for q, (index, w) in enumerate(zip(queries, weights)):
+        matches = search(_query_features(source, int(index)), w, source, k=k, exclude=[int(index)], block=block)
+        if len(matches) < k:
+            raise SearchError(f"query {index} found {len(matches)} matches, fewer than k={k}: use a smaller k")
+        indices[q] = [m.index for m in matches]
+        scores[q] = [m.score for m in matches]
+        rows[q] = [m.row for m in matches]
+        cols[q] = [m.col for m in matches]
+        heights[q], widths[q] = matches[0].height, matches[0].width
+    return Neighbours(queries, indices, scores, rows, cols, heights, widths)
+
+
+def distinct_labels(nb: Neighbours, labels: np.ndarray) -> np.ndarray:
+    """`(Q,)` number of distinct labels among each query's top k (1 when all agree)."""
+    found = np.asarray(labels)[nb.indices]  # (Q, k)
+    return np.array([len(set(row.tolist())) for row in found], dtype=np.int64)
+
+
+def same_label_fraction(nb: Neighbours, labels: np.ndarray) -> np.ndarray:
+    """`(Q,)` fraction of each query's top k that carry the query's own label (precision at k)."""
+    labels = np.asarray(labels)
+    return (labels[nb.indices] == labels[nb.queries][:, None]).mean(axis=1)  # (Q,)
+
+
+def shared_neighbours(a: Neighbours, b: Neighbours) -> np.ndarray:
+    """`(Q,)` number of images in both top-k lists, for the same queries over two models or layers
+    of the same dataset (the caller checks the dataset fingerprint)."""
+    if not np.array_equal(a.queries, b.queries) or a.indices.shape != b.indices.shape:
+        raise SearchError(
+            "the two neighbour sets have different queries or k: run both with the same query list and k"
+        )
+    return np.array([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a.indices, b.indices)], np.int64)
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two `(top, left, bottom, right)` boxes."""
+    top, left = max(a[0], b[0]), max(a[1], b[1])
+    bottom, right = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, bottom - top) * max(0.0, right - left)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def window_ious(
+    nb: Neighbours, boxes: Sequence, image_sizes: np.ndarray, grid: tuple[int, int], *, preprocess=None, rank: int = 0
+) -> np.ndarray:
+    """`(Q,)` IoU, in original pixels, of each query's matched window (at `rank`, 0 = best) with the
+    best-overlapping ground-truth box of the matched image; NaN when that image has no box."""
+    out = np.full(len(nb.queries), np.nan)
+    for q in range(len(nb.queries)):
+        index = int(nb.indices[q, rank])
+        truth = boxes[index]
+        if truth is None or len(truth) == 0:
+            continue
+        size = tuple(int(v) for v in image_sizes[index])
+        window = window_to_box(
+            int(nb.rows[q, rank]), int(nb.cols[q, rank]), int(nb.heights[q]), int(nb.widths[q]), grid, size,
+            preprocess=preprocess,
+        )
+        out[q] = max(box_iou(window, box) for box in np.asarray(truth, dtype=np.float64))
+    return out
+
+
+def relative_box_size(box, image_size: tuple[int, int]) -> float:
+    """sqrt(box area / image area): 1 for the whole image, 0.5 for a box of a quarter of it."""
+    return float(np.sqrt(max(0.0, (box[2] - box[0]) * (box[3] - box[1])) / (image_size[0] * image_size[1])))
+
+
+def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list[dict]:
+    """Rows `{low, high, count, mean}` of `values` grouped by `keys` into `[edges[i], edges[i+1])`."""
+    values, keys = np.asarray(values, np.float64), np.asarray(keys, np.float64)
+    rows = []
+    for low, high in zip(edges, edges[1:]):
+        inside = (keys >= low) & (keys < high) & ~np.isnan(values)
+        mean = float(values[inside].mean()) if inside.any() else float("nan")
+        rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()), "mean": mean})
+    return rows
+
+
+def domain_neighbours(
+    source, queries: Sequence[int], domains: Sequence[str], *, k: int = 3, boxes=None, image_sizes=None,
+    preprocess=None, block=None,
+) -> Neighbours:
+    """The top k over distinct domains: for each query (itself excluded), every image's best window
+    (`best_windows`), the best image of each domain, then the `k` best domains."""
+    queries = np.asarray(queries, dtype=np.int64)
+    domains = np.asarray(domains, dtype=object)
+    names, codes = np.unique(domains.astype(str), return_inverse=True)
+    if len(names) < k:
+        raise SearchError(f"the source has {len(names)} domains, fewer than k={k}: use k <= {len(names)}")
+    weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
+    shape = (len(queries), k)
+    indices, rows, cols = (np.full(shape, -1, np.int64) for _ in range(3))
+    scores = np.full(shape, np.nan, np.float32)
+    heights, widths = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
+    for q, (index, w) in enumerate(zip(queries, weights)):
+        best = best_windows(_query_features(source, int(index)), w, source, block=block)
+        keep = best.indices != index
+        order = np.lexsort((best.indices[keep], -best.scores[keep]))  # best first, ties to lower index
+        ranked = np.flatnonzero(keep)[order]
+        _, first = np.unique(codes[best.indices[ranked]], return_index=True)  # best image per domain
+        chosen = ranked[np.sort(first)][:k]
+        indices[q], scores[q] = best.indices[chosen], best.scores[chosen]
+        rows[q], cols[q] = best.rows[chosen], best.cols[chosen]
+        heights[q], widths[q] = best.height, best.width
+    return Neighbours(queries, indices, scores, rows, cols, heights, widths)
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` predicting boolean `positives`, ties counted as half
+    (the Mann-Whitney U statistic with mid-ranks)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positives = np.asarray(positives, dtype=bool).ravel()
+    n_pos = int(positives.sum())
+    n_neg = len(scores) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise SearchError(f"AUROC needs both classes, got {n_pos} positives and {n_neg} negatives")
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]  # first position of each run of ties
+    ends = np.r_[starts[1:], len(ordered)]
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)  # mid-rank of each tie run, 1-based
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """Every image's best-window score for each query, split by whether it shares the query's label."""
+
+    queries: np.ndarray  # (Q,) int64, query image indices
+    scores: np.ndarray  # (Q, N) float32, best-window cosine of every image; NaN at the query itself
+    same: np.ndarray  # (Q, N) bool, the image carries the query's label
+    aurocs: np.ndarray  # (Q,) float64, AUROC of "score predicts same label" per query; NaN if one class
+
+
+def label_scores(
+    source, queries: Sequence[int], labels: np.ndarray, *, boxes=None, image_sizes=None, preprocess=None, block=None
+) -> LabelScores:
+    """Score distributions by label: `best_windows` of each query over the whole source."""
+    queries = np.asarray(queries, dtype=np.int64)
+    labels = np.asarray(labels)
+    weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
+    n = source.shape[0]
+    scores = np.full((len(queries), n), np.nan, np.float32)
+    aurocs = np.full(len(queries), np.nan)
+    same = labels[None, :] == labels[queries][:, None]  # (Q, N)
+    for q, (index, w) in enumerate(zip(queries, weights)):
+        best = best_windows(_query_features(source, int(index)), w, source, block=block)
+        scores[q, best.indices] = best.scores
+        scores[q, index] = np.nan
+        others = np.arange(n) != index
+        if 0 < same[q, others].sum() < others.sum():
+            aurocs[q] = auroc(scores[q, others], same[q, others])
+    return LabelScores(queries, scores, same, aurocs)
