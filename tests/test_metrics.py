@@ -142,3 +142,66 @@ def test_label_scores_separate_planted_labels():
     np.testing.assert_allclose(result.aurocs, 1.0)
     shuffled = label_scores(source, [0, 5, 11], np.random.default_rng(5).permutation(labels))
     assert shuffled.aurocs.mean() < 0.9
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A real cache: 12 images of two planted labels (bright top or bright bottom), a 4x4-grid conv net."""
+    import torch
+
+    from vfs.cache_build import build_cache
+    from vfs.datasets import ArrayDataset
+    from vfs.models import load_model
+    from vfs.preprocess import Preprocess
+
+    rng = np.random.default_rng(6)
+    images, labels = [], []
+    for i in range(12):
+        image = (rng.random((16, 16, 3)) * 40).astype(np.uint8)
+        image[:8] += 200 if i % 2 == 0 else 0
+        image[8:] += 200 if i % 2 == 1 else 0
+        images.append(image)
+        labels.append(i % 2)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.ReLU())
+    model = load_model("tiny", module=net, weights="random",
+                       preprocess=Preprocess(size=16, crop=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    data = ArrayDataset(images, name="planted", labels=labels, label_names=["top", "bottom"])
+    return build_cache(model, "1", data, tmp_path_factory.mktemp("cache") / "tiny", progress=False, shard_size=5)
+
+
+def test_experiment_command_reports_what_the_metrics_compute(tiny_cache, tmp_path, capsys):
+    from vfs.cache import open_cache
+    from vfs.experiment import choose_queries, experiment_command
+
+    out = tmp_path / "labels.json"
+    assert experiment_command(["labels", str(tiny_cache), "--k", "3", "--queries", "8", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "distinct@3" in printed and "top" in printed and "bottom" in printed
+    record = json.loads(out.read_text())
+    cache = open_cache(tiny_cache)
+    queries = choose_queries(12, 8, seed=0)
+    nb = neighbours(cache, queries, k=3)
+    assert record["rows"][-1]["label"] == "all"
+    assert record["rows"][-1]["distinct@3"] == pytest.approx(distinct_labels(nb, cache.labels).mean())
+    assert record["rows"][-1]["distinct@3"] == 1.0  # the planted labels separate
+
+    out = tmp_path / "shared.json"
+    assert experiment_command(["shared", str(tiny_cache), str(tiny_cache), "--k", "3", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][-1]["shared@3"] == 3.0
+
+    out = tmp_path / "auroc.json"
+    assert experiment_command(["auroc", str(tiny_cache), "--queries", "0", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    direct = label_scores(cache, np.arange(12), cache.labels)
+    assert record["rows"][-1]["auroc"] == pytest.approx(np.nanmean(direct.aurocs))
+    assert record["pooled_auroc"] > 0.9
+
+
+def test_experiment_command_explains_missing_data(tiny_cache, capsys):
+    from vfs.experiment import experiment_command
+
+    assert experiment_command(["iou", str(tiny_cache)]) == 1
+    assert "no ground-truth boxes" in capsys.readouterr().err
+    assert experiment_command(["domains", str(tiny_cache)]) == 1
+    assert "no domains" in capsys.readouterr().err
