@@ -113,3 +113,24 @@ def test_rerank_refuses_bad_weights():
         rerank_region(source[0], np.ones((3, 3)), source)
     with pytest.raises(SearchError, match="all zero"):
         rerank_region(source[0], np.zeros((2, 2)), source)
+
+
+def test_maps_sum_to_the_score_on_real_features():
+    """efficientnet_lite0 features of two scikit-image photos (the bundled ImageNet weights, offline)."""
+    import skimage.data
+
+    from vfs.features import FeatureExtractor
+    from vfs.models import load_model
+
+    model = load_model("efficientnet_lite0")
+    extractor = FeatureExtractor(model.module, "blocks.5", preprocess=model.preprocess)
+    features = extractor([skimage.data.astronaut(), skimage.data.chelsea()]).numpy()  # (2, 192, 7, 7)
+    a, b = features.astype(np.float64)
+    for pooling in ("avg", "max"):
+        map_a, map_b, score = decompose(features[0], features[1], pooling=pooling)
+        assert score == pytest.approx(pooled_cosine(a, b, pooling), abs=1e-6)
+        assert map_a.sum() == pytest.approx(score, abs=1e-6) and map_b.sum() == pytest.approx(score, abs=1e-6)
+        assert np.ptp(map_a) > 0  # a real map, not a constant
+    # re-ranking two photos by the whole region recovers the full cosine
+    got = rerank_region(features[0], np.ones((7, 7)), features, k=2, exclude=[0])
+    assert got[0].index == 1 and got[0].score == pytest.approx(decompose(features[0], features[1]).score, abs=1e-6)
