@@ -29,7 +29,7 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore
 
 from vfs.cache_format import SCHEMA, CacheMeta, block_key, stored_size, thumbnail_size
-from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError
+from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError, VFSError
 
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 
@@ -227,6 +227,8 @@ class BlockReader:
             self._checked.add(block)
         try:
             values = self.array[start:stop]
+        except VFSError:  # the store's own errors (a remote store offline, rate limited...) say what happened
+            raise
         except Exception as error:  # zarr raises ValueError for checksum mismatches, others for garbage
             raise self._corrupt(key, f"failed to decode ({type(error).__name__}: {error})") from error
         return np.asarray(values, dtype=object) if self.dtype.kind == "T" else values
