@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vfs.errors import MaskError, SearchError
-from vfs.search_kernels import WindowPlan, is_channels_last, make_plan, window_scores
+from vfs.search_kernels import WindowPlan, make_plan, score_block
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 
@@ -189,10 +189,10 @@ def check_indices(values, count: int, name: str) -> np.ndarray:
 
 def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
          device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield (indices (n,), scores (n, offsets)) over `indices`, in kernel chunks of a fixed size.
+    """Yield (indices (n,), scores (n, offsets)) over `indices`, one read block at a time.
 
-    Every chunk holds min(`plan.chunk`, len(indices)) images (the last one is padded with zeros), so
-    each image is scored by the same kernel call shape whatever `block` is.
+    Kernel calls hold min(`plan.chunk`, len(indices)) images (the last one padded with zeros) and
+    blocks are whole numbers of them, so each image is scored the same way whatever `block` is.
     """
     if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1):
         raise SearchError(f"block must be a positive number of images, got {block!r}; leave it None for the default")
@@ -206,25 +206,7 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
         wanted = indices[start:start + block]
         features = read(source, wanted)  # (n, C, H, W)
         norms = None if sq_norms is None else read(sq_norms, wanted)  # (n, H, W)
-        for first in range(0, len(wanted), chunk):
-            part = features[first:first + chunk].to(device=device, dtype=torch.float32)  # (c, C, H, W)
-            part_norms = None if norms is None else norms[first:first + chunk].to(device, torch.float32)
-            size = part.shape[0]
-            if size < chunk:  # pad the last chunk so the kernel sees the usual shape
-                part = pad(part, chunk)  # (chunk, C, H, W)
-                part_norms = None if part_norms is None else pad(part_norms, chunk)  # (chunk, H, W)
-            scores = window_scores(part, plan, sq_norms=part_norms)[:size]  # (c, offsets)
-            yield wanted[first:first + size], scores
-
-
-def pad(values: torch.Tensor, size: int) -> torch.Tensor:
-    """`values` followed by zero rows up to `size` along dim 0, in the same memory layout."""
-    layout = torch.channels_last if values.ndim == 4 and is_channels_last(values) else torch.contiguous_format
-    out = torch.empty(size, *values.shape[1:], dtype=values.dtype, device=values.device,
-                      memory_format=layout)  # (size, ...)
-    out[: values.shape[0]] = values
-    out[values.shape[0]:] = 0
-    return out
+        yield wanted, score_block(features, plan, chunk=chunk, device=device, sq_norms=norms)  # (n, offsets)
 
 
 def read(source, indices: np.ndarray) -> torch.Tensor:

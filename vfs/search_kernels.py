@@ -129,18 +129,46 @@ def window_dots(features: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
     return F.linear(per_cell.reshape(n, -1), matrix)  # (n, H'*W')
 
 
-def window_scores(features: torch.Tensor, plan: WindowPlan, *,
-                  sq_norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Cosine of every window of float32 features (n, C, H, W) with the query -> (n, H'*W'), row-major offsets.
+def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device: torch.device,
+                sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine of every window of a block of features (n, C, H, W), any float dtype -> (n, H'*W') float32.
 
-    `sq_norms` (n, H, W) float32 are the squared norms of the feature vectors, computed when None.
-    A window of zero magnitude (or a query of zero magnitude) scores 0.
+    The heavy work runs in kernel calls of exactly `chunk` images (the last one padded with zeros),
+    so an image's scores never depend on `n`. `sq_norms` (n, H, W) are the squared norms of the
+    feature vectors, computed when None. A window (or query) of zero magnitude scores 0.
     """
     n = features.shape[0]
-    if sq_norms is None:
-        sq_norms = square_norms(features)  # (n, H, W)
-    magnitudes = F.linear(sq_norms.reshape(n, -1), plan.magnitude_matrix)  # (n, H'*W')
-    magnitudes = magnitudes.clamp_(min=0).sqrt_()
-    dots = window_dots(features, plan)  # (n, H'*W')
-    scores = torch.where(magnitudes > 0, dots / magnitudes, torch.zeros_like(dots))
+    dots = torch.empty(n, plan.offsets[0] * plan.offsets[1], device=device)  # (n, H'*W')
+    magnitudes = torch.empty_like(dots)  # (n, H'*W')
+    direct = features.dtype == torch.float32 and features.device == device
+    for first in range(0, n, chunk):
+        size = min(chunk, n - first)
+        part = features[first:first + size]  # (size, C, H, W)
+        if not direct or size < chunk:  # convert (or pad) into a buffer reused across chunks
+            part = fill(chunk_buffer(plan, part, chunk=chunk, device=device), part)  # (chunk, C, H, W)
+        if sq_norms is None:
+            norms = square_norms(part)  # (chunk, H, W)
+        else:
+            norms = sq_norms[first:first + size].to(device, torch.float32)  # (size, H, W)
+            norms = norms if size == chunk else fill(norms.new_empty(chunk, *norms.shape[1:]), norms)
+        magnitudes[first:first + size] = F.linear(norms.reshape(chunk, -1), plan.magnitude_matrix)[:size]
+        dots[first:first + size] = window_dots(part, plan)[:size]
+    magnitudes.clamp_(min=0).sqrt_()
+    scores = torch.where(magnitudes > 0, dots.div_(magnitudes), 0.0)  # (n, H'*W')
     return scores.clamp_(-1.0, 1.0)
+
+
+def chunk_buffer(plan: WindowPlan, like: torch.Tensor, *, chunk: int, device: torch.device) -> torch.Tensor:
+    """A float32 (chunk, C, H, W) buffer in the memory layout of `like`, allocated once per plan."""
+    layout = torch.channels_last if is_channels_last(like) else torch.contiguous_format
+    key = ("buffer", chunk, layout, device)
+    if key not in plan.matrices:
+        plan.matrices[key] = torch.empty(chunk, *like.shape[1:], device=device, memory_format=layout)
+    return plan.matrices[key]
+
+
+def fill(buffer: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` copied (converted, moved) into the first rows of `buffer`, zeros after."""
+    buffer[: values.shape[0]].copy_(values)
+    buffer[values.shape[0]:].zero_()
+    return buffer
