@@ -88,8 +88,8 @@ def box_stats(scores: np.ndarray) -> dict[str, float]:
     """Tukey box: quartiles and whiskers at the last points within 1.5 IQR."""
     q1, median, q3 = np.percentile(scores, [25, 50, 75])
     spread = 1.5 * (q3 - q1)
-    low = float(scores[scores >= q1 - spread].min())
-    high = float(scores[scores <= q3 + spread].max())
+    low = min(float(scores[scores >= q1 - spread].min()), float(q1))  # a tiny group can have its last
+    high = max(float(scores[scores <= q3 + spread].max()), float(q3))  # point inside the box
     return {"q1": float(q1), "median": float(median), "q3": float(q3), "low": low, "high": high}
 
 

@@ -100,8 +100,8 @@ def fit_image(image: np.ndarray, mask: np.ndarray | None = None, *, max_side: in
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:
         raise DatasetError(
-            f"the image is {width}x{height} pixels ({height * width / 1e6:.0f} MP); the limit is "
-            f"{MAX_PIXELS / 1e6:.0f} MP: downscale it (about {max_side} px on the longer side is plenty) and upload again"
+            f"the image is {width}x{height} ({height * width:,} pixels); the limit is {MAX_PIXELS:,} pixels: "
+            f"downscale it (about {max_side} px on the longer side is plenty) and upload again"
         )
     if max(height, width) <= max_side:
         return image, mask, None
@@ -199,7 +199,7 @@ def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
     digest = hashlib.sha1(query.image.tobytes() + str(query.image.shape).encode()).hexdigest()
     key = (meta.model, meta.layer, digest)
     if key not in _upload_features:
-        extractor = library.extractor(meta.model, meta.layer)
+        extractor = library.extractor(meta.model, meta.layer, preprocess=library.preprocess(cache))
         features = extractor(Image.fromarray(query.image))  # (1, C, h, w)
         features = np.asarray(features, dtype=np.float32)[0]  # (C, h, w)
         if features.shape != tuple(cache.shape[1:]):

@@ -17,15 +17,15 @@ from vfs.errors import CacheError
 
 log = logging.getLogger(__name__)
 
-HUB_PREFIX = "hub:"  # keys of Hub caches: "hub:<repo>@<revision>"; local keys are paths under root
+HUB_PREFIX = "hub:"  # keys of Hub caches: "hub:<catalog name>"; local keys are paths under root
 
 
 @dataclass(frozen=True)
 class CacheEntry:
-    key: str                  # what the dropdown holds: a path relative to root, or "hub:<repo>@<rev>"
+    key: str                  # what the dropdown holds: a path relative to root, or "hub:<catalog name>"
     title: str                # what the dropdown shows
     path: Path | None         # local folder of the cache; None for a Hub cache not yet opened
-    repo: str | None = None   # Hub repository, for Hub caches
+    repo: str | None = None   # catalog name (or repo id) of a Hub cache, for hub_caches.open
     revision: str | None = None  # Hub revision (a commit sha where the catalog pins one)
 
 
@@ -61,7 +61,7 @@ class CacheLibrary:
         self._entries: dict[str, CacheEntry] = {}
         self._caches: dict[str, object] = {}
         self._models: dict[str, object] = {}
-        self._extractors: dict[tuple[str, str], object] = {}
+        self._extractors: dict[tuple, object] = {}
         self._lock = threading.RLock()
 
     # ---- listing
@@ -126,15 +126,20 @@ class CacheLibrary:
                 self._models[name] = load_model(name)
             return self._models[name]
 
-    def extractor(self, model_name: str, layer: str):
-        """A `vfs.FeatureExtractor` for (model, layer), built once."""
+    def extractor(self, model_name: str, layer: str, *, preprocess=None):
+        """A `vfs.FeatureExtractor` for (model, layer, preprocess), built once.
+
+        `preprocess` should be the cache's (`self.preprocess(cache)`): a cache may have been built
+        at another input size than the model's default.
+        """
         with self._lock:
-            key = (model_name, layer)
+            model = self.model(model_name)
+            preprocess = preprocess or model.preprocess
+            key = (model_name, layer, preprocess)
             if key not in self._extractors:
                 from vfs import FeatureExtractor
 
-                model = self.model(model_name)
-                self._extractors[key] = FeatureExtractor(model.module, layer, preprocess=model.preprocess)
+                self._extractors[key] = FeatureExtractor(model.module, layer, preprocess=preprocess)
             return self._extractors[key]
 
     def preprocess(self, cache):
@@ -146,21 +151,21 @@ class CacheLibrary:
 
 
 def hub_entries() -> list[CacheEntry]:
-    """Catalog caches, when `hub_caches` is installed and its catalog can be read; else none."""
+    """Catalog caches (the catalog ships with `hub_caches`, so it reads offline); none if it is absent."""
     try:
-        import hub_caches
+        from hub_caches.catalog import load_catalog
 
-        catalog = hub_caches.catalog()
-    except Exception as error:  # offline, or the package not there: the app runs on local caches
+        catalog = load_catalog()
+    except Exception as error:  # no hub_caches, or a broken catalog: the app runs on local caches
         log.info("Hub catalog not available: %s", error)
         return []
     entries = []
-    for item in catalog:
-        repo = getattr(item, "repo", None) or item["repo"]
-        revision = getattr(item, "revision", None) if not isinstance(item, dict) else item.get("revision")
-        title = getattr(item, "title", None) if not isinstance(item, dict) else item.get("title")
-        key = f"{HUB_PREFIX}{repo}@{revision or 'main'}"
-        entries.append(CacheEntry(key=key, title=f"Hub: {title or repo}", path=None, repo=repo, revision=revision))
+    for item in catalog.values():
+        title = (f"Hub: {item.model} · {item.layer} · {item.dataset} — {item.n} images, grid "
+                 f"{item.grid[0]}x{item.grid[1]}, {item.channels} channels, {item.dtype} "
+                 f"({item.size_bytes / 2**20:.0f} MiB download)")
+        entries.append(CacheEntry(key=f"{HUB_PREFIX}{item.name}", title=title, path=None, repo=item.name,
+                                  revision=item.revision))
     return entries
 
 

@@ -1,0 +1,90 @@
+"""Test helpers for the app: small real caches, and the app launched on a free port.
+
+The caches are built with the real builder (efficientnet_lite0 at a small input size) from 48
+Fashion-MNIST test images (two layers, so Compare has two caches of one dataset) and from the
+scikit-image photos (another dataset). The server is waited on through `/gradio_api/info`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_CACHES = {  # folder -> (layer, dataset spec, input size)
+    "fmnist-blocks5": ("blocks.5", "fashion-mnist:test[:48]", 112),
+    "fmnist-blocks3": ("blocks.3", "fashion-mnist:test[:48]", 112),
+    "photos-blocks5": ("blocks.5", "skimage-photos", 112),
+}
+
+
+def build_small_caches(root: Path) -> dict[str, Path]:
+    """Build (or reuse) the small caches under `root`; return folder name -> path."""
+    import vfs
+
+    model = vfs.load_model("efficientnet_lite0")
+    paths = {}
+    for name, (layer, dataset, size) in SMALL_CACHES.items():
+        paths[name] = vfs.build_cache(model, layer, dataset, Path(root) / name, input_size=size, progress=False)
+    return paths
+
+
+def shared_caches(tmp_path_factory) -> Path:
+    """One folder of small caches per pytest session (built by whichever test module asks first)."""
+    root = tmp_path_factory.getbasetemp() / "app-caches"
+    build_small_caches(root)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, *, timeout: float = 180) -> None:
+    """Poll `url/gradio_api/info` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with code {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/gradio_api/info", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)  # polling interval, not a wait for readiness
+    raise TimeoutError(f"the app at {url} did not answer /gradio_api/info within {timeout:.0f} s")
+
+
+@contextmanager
+def running_app(cache_dir: Path, *, log_path: Path | None = None, extra_args: tuple[str, ...] = ()):
+    """`python -m app` on a free port over `cache_dir` (no default build, no Hub); yields its URL."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "VFS_HUB": "0"}
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port), "--cache-dir", str(cache_dir), "--no-default",
+         "--no-hub", *extra_args],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()
