@@ -1,0 +1,188 @@
+"""The "Why similar" tab: similarity overlays on hover (and on click), the similarity decomposition of
+a result, region re-ranking, NMF of activations and rotation/scale sensitivity of the last search.
+
+`app/ui.py` calls `build_analysis_tab(ctx)` inside the tab; the work is in `app.analysis_handlers`.
+The hover overlays are drawn in the browser: the `gr.HTML` below holds the images and every
+precomputed overlay (as data attributes) and its `js_on_load` recolours canvases on mousemove.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+from gradio.components.plot import PlotData
+
+from app import analysis_handlers as analysis
+
+# Runs once in the browser when the HTML component mounts; `element` is its root. Listeners sit on the
+# root, so they survive re-renders of the value; the payload is re-read whenever it changes.
+OVERLAY_JS = r"""
+const memo = { text: null, data: null, bytes: null };
+function payload() {
+  const root = element.querySelector('.vfs-overlays');
+  if (!root) return null;
+  const text = root.dataset.payload;
+  if (memo.text !== text) {
+    const data = JSON.parse(text);
+    const raw = atob(data.grids);
+    const bytes = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    Object.assign(memo, { text, data, bytes });
+  }
+  return memo;
+}
+function paint(image, row, col) {
+  const m = payload();
+  if (!m) return;
+  const { n, h, w } = m.data;
+  const cells = h * w;
+  const pointed = image * cells + row * w + col;
+  element.querySelectorAll('.vfs-ov-fig').forEach((fig) => {
+    const j = Number(fig.dataset.index);
+    const canvas = fig.querySelector('canvas');
+    const ctx = canvas.getContext('2d');
+    const cw = canvas.width / w, ch = canvas.height / h;
+    const base = (pointed * n + j) * cells;
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    for (let r = 0; r < h; r++) {
+      for (let c = 0; c < w; c++) {
+        const cosine = m.bytes[base + r * w + c] / 127.5 - 1;
+        const dark = Math.min(Math.max(1 - cosine, 0), 1) * 0.85;
+        ctx.fillStyle = 'rgba(0,0,0,' + dark.toFixed(3) + ')';
+        ctx.fillRect(Math.floor(c * cw), Math.floor(r * ch), Math.ceil(cw), Math.ceil(ch));
+      }
+    }
+    if (j === image) {
+      ctx.strokeStyle = '#ffdd00';
+      ctx.lineWidth = 2;
+      ctx.strokeRect(col * cw + 1, row * ch + 1, cw - 2, ch - 2);
+    }
+  });
+  const status = element.querySelector('.vfs-ov-status');
+  if (status) status.textContent = 'pointing at cell (' + row + ', ' + col + ') of image ' + image;
+  element.dataset.pointed = image + ',' + row + ',' + col;
+}
+function point(event) {
+  const fig = event.target.closest && event.target.closest('.vfs-ov-fig');
+  const m = payload();
+  if (!fig || !m) return;
+  const rect = fig.querySelector('img').getBoundingClientRect();
+  const x = event.clientX - rect.left, y = event.clientY - rect.top;
+  if (x < 0 || y < 0 || x >= rect.width || y >= rect.height) return;
+  const row = Math.min(m.data.h - 1, Math.floor(y / rect.height * m.data.h));
+  const col = Math.min(m.data.w - 1, Math.floor(x / rect.width * m.data.w));
+  paint(Number(fig.dataset.index), row, col);
+}
+function start() {
+  const m = payload();
+  if (m) paint(0, Math.floor(m.data.h / 2), Math.floor(m.data.w / 2));
+}
+element.addEventListener('mousemove', point);
+element.addEventListener('click', point);
+new MutationObserver(start).observe(element, { childList: true, subtree: true, attributes: false });
+start();
+"""
+
+
+def _plot(spec: dict) -> PlotData:
+    return PlotData(type="altair", plot=json.dumps(spec))
+
+
+def build_analysis_tab(ctx) -> None:
+    """Lay out the tab and wire it to the last search (`ctx.results`, refreshed after each search)."""
+    from app.ui import readable
+
+    library = ctx.library
+    shown = gr.State(None)
+    cell = gr.State((0, 0))
+    gr.Markdown("Why the model finds these regions similar, for the last search: the query and its first "
+                "results, each shown as the model sees it (its centre crop).")
+    with gr.Accordion("Similarity overlays: hover over any image", open=True):
+        gr.Markdown("Every cell is shaded by the cosine similarity of its features to the cell under the "
+                    "pointer (yellow): lighter means more similar (Fong et al., Interactive Similarity Overlays).")
+        overlays = gr.HTML(analysis.overlay_html(None), js_on_load=OVERLAY_JS, elem_id="vfs-overlays")
+    with gr.Accordion("Overlays by clicking (without the page script)", open=False):
+        with gr.Row():
+            query_view = gr.Image(label="click a cell of the query", type="pil", interactive=False,
+                                  elem_id="vfs-ov-query", height=260)
+            clicked = gr.Gallery(label="similarity to the clicked cell", columns=3, height=420,
+                                 elem_id="vfs-ov-clicked", format="png")
+    with gr.Accordion("Why this result? Similarity decomposition of pooled embeddings", open=False):
+        with gr.Row():
+            rank = gr.Slider(1, 5, value=1, step=1, label="result #", elem_id="vfs-why-rank")
+            pooling = gr.Radio(["avg", "max"], value="avg", label="pooling", elem_id="vfs-why-pooling")
+            why_button = gr.Button("Explain", elem_id="vfs-why")
+        with gr.Row():
+            why_query = gr.Image(label="query: where it meets the result", type="pil", height=260,
+                                 interactive=False, elem_id="vfs-why-query")
+            why_result = gr.Image(label="result: where it meets the query", type="pil", height=260,
+                                  interactive=False, elem_id="vfs-why-result")
+        why_text = gr.Markdown(elem_id="vfs-why-text")
+    with gr.Accordion("Re-rank the dataset by the painted region (decomposition summed inside it)", open=False):
+        with gr.Row():
+            rerank_pooling = gr.Radio(["avg", "max"], value="avg", label="pooling")
+            rerank_button = gr.Button("Re-rank", elem_id="vfs-rerank")
+        reranked = gr.Gallery(label="ranked by the region's share of the pooled similarity", columns=4,
+                              height=420, elem_id="vfs-reranked", format="png")
+    with gr.Accordion("Non-negative matrix factorisation of the shown activations", open=False):
+        with gr.Row():
+            components = gr.Slider(2, 6, value=4, step=1, label="components")
+            negatives = gr.Radio(["clip", "shift"], value="clip", label="negative activations")
+            nmf_button = gr.Button("Factorise", elem_id="vfs-nmf")
+        factors = gr.Gallery(label="one colour per component", columns=3, height=420, elem_id="vfs-nmf-out",
+                             format="png")
+        factors_text = gr.Markdown()
+    with gr.Accordion("Sensitivity of the clicked query cell to rotation and scale", open=False):
+        with gr.Row():
+            kind = gr.Radio(["rotate", "scale"], value="rotate", label="transformation")
+            sensitivity_button = gr.Button("Chart", elem_id="vfs-sensitivity")
+        sensitivity_plot = gr.Plot(show_label=False, elem_id="vfs-sensitivity-plot")
+        sensitivity_text = gr.Markdown()
+
+    @readable
+    def refresh(outcome):
+        if outcome is None:
+            return None, analysis.overlay_html(None), None, [], (0, 0)
+        current = analysis.shown_images(library, outcome)
+        h, w = current.features.shape[-2:]
+        centre = (h // 2, w // 2)
+        return (current, analysis.overlay_html(current), current.images[0],
+                analysis.overlay_images(current, 0, *centre), centre)
+
+    @readable
+    def click(current, event: gr.SelectData):
+        if current is None:
+            raise gr.Error("nothing to explain yet: run a search first")
+        x, y = event.index
+        row, col = analysis.cell_at(x, y, tuple(current.features.shape[-2:]), side=current.images[0].width)
+        return analysis.overlay_images(current, 0, row, col), (row, col)
+
+    @readable
+    def explain(current, result_rank, how):
+        if current is None:
+            raise gr.Error("nothing to explain yet: run a search first")
+        return analysis.why_images(current, int(result_rank), pooling=how)
+
+    @readable
+    def factorise(current, k, how):
+        if current is None:
+            raise gr.Error("nothing to factorise yet: run a search first")
+        return analysis.factor_images(current, k=int(k), negatives=how)
+
+    @readable
+    def rerank(outcome, how):
+        return analysis.rerank_items(library, outcome, pooling=how)
+
+    @readable
+    def chart(outcome, pointed, how):
+        spec, text = analysis.sensitivity_spec(library, outcome, *pointed, kind=how)
+        return _plot(spec), text
+
+    refresh_outputs = [shown, overlays, query_view, clicked, cell]
+    ctx.searched.then(refresh, [ctx.results], refresh_outputs, api_name=False, show_progress="hidden")
+    query_view.select(click, [shown], [clicked, cell], api_name=False)
+    why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why")
+    nmf_button.click(factorise, [shown, components, negatives], [factors, factors_text], api_name=False)
+    rerank_button.click(rerank, [ctx.results, rerank_pooling], [reranked], api_name="rerank_region")
+    sensitivity_button.click(chart, [ctx.results, cell, kind], [sensitivity_plot, sensitivity_text], api_name=False)
