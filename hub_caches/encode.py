@@ -1,0 +1,112 @@
+"""Re-encode a finished local cache for distribution, and write its manifest.
+
+The copy keeps the cache layer's layout (`vfs/cache_format.py`: one file per block of S images per
+array, crc32c on every chunk) so `vfs.open_cache` reads it unchanged; only the features, which are
+nearly all the bytes, are re-compressed with blosc zstd or lz4 (+ byte shuffle, + crc32c), and the
+per-block byte sizes the cache layer checks (`block_nbytes`, `progress`) are recomputed for them.
+
+    folder/
+      cache.zarr/...      the Zarr v3 group
+      README.md           dataset card (card.py)
+      manifest.json       sha256 and size of every other file, and what the cache holds
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from vfs.cache_format import CacheMeta, block_key, stored_size
+
+from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR
+
+# blosc settings per codec; zstd level 3 compresses better than the cache layer's level 1 at the same
+# decode speed (bench/hub.py measures both on real features)
+CODECS: dict[str, dict[str, Any]] = {
+    "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
+}
+
+
+def feature_compressors(codec: str, *, dtype: np.dtype, clevel: int | None = None) -> list[Any]:
+    """Bytes-to-bytes codecs for distributed features: blosc (zstd or lz4, byte shuffle), then crc32c."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
+    settings = {**CODECS[codec], **({"clevel": clevel} if clevel is not None else {})}
+    return [BloscCodec(typesize=np.dtype(dtype).itemsize, **settings), Crc32cCodec()]
+
+
+def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd", clevel: int | None = None) -> Path:
+    """Copy the finished cache at `source` to `out/cache.zarr` with its features re-compressed; return it."""
+    source, target = Path(source), Path(out) / STORE_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)  # every array but the features is kept byte for byte
+    group = zarr.open_group(target, mode="r+")
+    old = group["features"]
+    meta = CacheMeta.from_attrs(group.attrs["vfs_cache"])
+    del group["features"]
+    with zarr.config.set({"array.write_empty_chunks": True}):  # never leave a chunk to the fill value
+        new = group.create_array(
+            "features", shape=old.shape, dtype=old.dtype, chunks=old.chunks, shards=old.shards,
+            fill_value=old.fill_value, attributes=dict(old.attrs),
+            compressors=feature_compressors(codec, dtype=old.dtype, clevel=clevel))
+        source_features = zarr.open_array(source / "features", mode="r")
+        rows = old.shards[0] if old.shards else old.chunks[0]
+        for start in range(0, old.shape[0], rows):
+            new[start:start + rows] = source_features[start:start + rows]  # (S, H, W, C)
+    sizes = [stored_size(group.store, block_key(new, block)) for block in range(-(-old.shape[0] // rows))]
+    column = list(meta.arrays).index("features")
+    progress = group["progress"][:]  # (blocks, arrays)
+    progress[:, column] = sizes
+    group["progress"][:] = progress
+    nbytes = dict(group.attrs.get("block_nbytes", {}))
+    nbytes["features"] = sizes
+    group.attrs.update({"block_nbytes": nbytes, "vfs_cache": {**group.attrs["vfs_cache"], "codec": codec}})
+    with warnings.catch_warnings():  # zarr notes that v3 has no spec for it yet; zarr itself reads it
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(target)  # opening reads one zarr.json instead of one per array
+    return target
+
+
+def describe(meta: Any, *, codec: str, size_bytes: int) -> dict[str, Any]:
+    """What a published cache holds, from its `CacheMeta`: recorded in the manifest and the card."""
+    height, width = meta.grid
+    return {"model": meta.model, "weights_id": meta.weights_id, "layer": meta.layer, "dataset": meta.dataset,
+            "n": meta.count, "grid": [height, width], "channels": meta.channels, "dtype": meta.dtype,
+            "shape": [meta.count, meta.channels, height, width],
+            "stored_shape": [meta.count, height, width, meta.channels], "input_size": meta.input_size,
+            "label_names": list(meta.label_names), "codec": codec, "shard_size": meta.shard_size,
+            "size_bytes": size_bytes}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | Path, cache: dict[str, Any]) -> Path:
+    """Write `folder/manifest.json`: sha256 and size of every file under `folder` (itself excepted)."""
+    folder = Path(folder)
+    files = {path.relative_to(folder).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
+    manifest = {"format": MANIFEST_FORMAT, "cache": cache, "files": files}
+    target = folder / MANIFEST
+    target.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return target
+
+
+def folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
