@@ -226,6 +226,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         return status, gr.update(choices=choices, value=value), gr.Timer(active=False)
 
     # ---- layout
+    first_key = library.entries[0].key if library.entries else None
     with gr.Blocks(title="Visual Feature Search") as demo:
         gr.Markdown("# Visual Feature Search\nPaint a region on an image and find the dataset regions that a "
                     "vision model's layer finds most similar (cosine over the masked feature window).")
@@ -235,8 +236,9 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         last = gr.State(None)
         last_query = gr.State(None)
         with gr.Row():
-            cache_key = gr.Dropdown(label="Cache (model · layer · dataset)", choices=[], elem_id="vfs-cache",
-                                    scale=3, interactive=True)
+            cache_key = gr.Dropdown(label="Cache (model · layer · dataset)", choices=cache_choices(),
+                                    value=first_key, elem_id="vfs-cache", scale=3, interactive=True,
+                                    allow_custom_value=True)  # caches built after launch are valid too
             refresh = gr.Button("↻ Refresh list", elem_id="vfs-refresh", scale=0, size="sm")
         cache_info = gr.Markdown("", elem_id="vfs-cache-info")
         with gr.Tabs():
@@ -272,7 +274,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                               elem_id="vfs-unique")
                         with gr.Row():
                             only_label = gr.Dropdown([ALL_LABELS], value=ALL_LABELS, label="only images labelled",
-                                                     elem_id="vfs-only-label")
+                                                     elem_id="vfs-only-label", allow_custom_value=True)
                             exclude = gr.Checkbox(True, label="exclude the query image", elem_id="vfs-exclude")
                         search_button = gr.Button("Search", variant="primary", elem_id="vfs-search")
                         summary = gr.Markdown("", elem_id="vfs-summary")
@@ -296,8 +298,10 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                 gr.Markdown("The query painted in the Search tab, searched in two caches of the same dataset "
                             "(two models, or two layers of one model), with the same options.")
                 with gr.Row():
-                    left_key = gr.Dropdown(label="left cache", choices=[], elem_id="vfs-cache-a")
-                    right_key = gr.Dropdown(label="right cache", choices=[], elem_id="vfs-cache-b")
+                    left_key = gr.Dropdown(label="left cache", choices=cache_choices(), elem_id="vfs-cache-a",
+                                           allow_custom_value=True)
+                    right_key = gr.Dropdown(label="right cache", choices=cache_choices(), elem_id="vfs-cache-b",
+                                            allow_custom_value=True)
                 compare_button = gr.Button("Compare", variant="primary", elem_id="vfs-compare")
                 compare_summary = gr.Markdown("", elem_id="vfs-compare-summary")
                 with gr.Row():

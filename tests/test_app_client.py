@@ -1,0 +1,88 @@
+"""The running app through `gradio_client`: the search endpoint with an image and a painted layer."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import handlers
+from app.library import CacheLibrary
+from app.state import SearchOptions
+from app_server import running_app, shared_caches
+
+gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in requirements-dev.txt")
+pytestmark = pytest.mark.slow  # starts a server (10-25 s here)
+
+FMNIST = "fmnist-blocks5"
+CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    return shared_caches(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(caches, tmp_path_factory):
+    log = tmp_path_factory.mktemp("app-log") / "server.log"
+    with running_app(caches, log_path=log) as url:
+        yield gradio_client.Client(url, verbose=False)
+
+
+def editor_argument(image: np.ndarray, mask: np.ndarray, folder) -> dict:
+    """The ImageEditor argument: background PNG and one RGBA layer holding the stroke."""
+    background, layer = folder / "background.png", folder / "layer.png"
+    Image.fromarray(image).save(background)
+    rgba = np.zeros((*mask.shape, 4), np.uint8)  # (H, W, 4)
+    rgba[mask] = (255, 120, 0, 255)
+    Image.fromarray(rgba).save(layer)
+    handle = gradio_client.handle_file
+    return {"background": handle(str(background)), "layers": [handle(str(layer))], "composite": None, "id": None}
+
+
+def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
+    library = CacheLibrary(caches, hub=False)
+    library.refresh()
+    cache = library.open(FMNIST)
+    image = handlers.display_image(cache, 7)
+    mask = np.zeros(image.shape[:2], bool)
+    mask[60:260, 80:300] = True
+    gallery, summary, *_ = client.predict(FMNIST, editor_argument(image, mask, tmp_path), 6, True, "no limit",
+                                          "all labels", api_name="/search")
+    # oracle: the same pixels through the handlers in this process (an API call has no pick: an upload)
+    query, _ = handlers.read_query(library, FMNIST, handlers.editor_value(image, mask), None)
+    expected = handlers.run_search(library, query, SearchOptions(k=6))
+    captions = [item["caption"] for item in gallery]
+    assert captions == [caption for _, caption in handlers.result_items(library, expected)]
+    for rank, caption in enumerate(captions, start=1):
+        parts = CAPTION.match(caption)
+        assert parts and int(parts["rank"]) == rank and parts["label"] in cache.label_names
+    assert "6 results for the uploaded image" in summary
+
+
+def test_empty_mask_is_a_message_not_a_trace(client, caches, tmp_path):
+    cache = CacheLibrary(caches, hub=False)
+    cache.refresh()
+    image = handlers.display_image(cache.open(FMNIST), 0)
+    with pytest.raises(gradio_client.exceptions.AppError, match="mask is empty"):
+        client.predict(FMNIST, editor_argument(image, np.zeros(image.shape[:2], bool), tmp_path), 6, True,
+                       "no limit", "all labels", api_name="/search")
+
+
+def test_picked_query_is_shared_and_loads_back(client, caches, tmp_path):
+    library = CacheLibrary(caches, hub=False)
+    library.refresh()
+    image = handlers.display_image(library.open(FMNIST), 12)
+    client.predict(FMNIST, 12, api_name="/open_image")  # the session now holds the pick
+    mask = np.zeros(image.shape[:2], bool)
+    mask[100:300, 50:200] = True
+    gallery, summary, _, _, share = client.predict(FMNIST, editor_argument(image, mask, tmp_path), 4, True,
+                                                   "one per label", "all labels", api_name="/search")
+    assert "dataset image #12" in summary
+    key, value, k, exclude, unique, only_label, _ = client.predict(share, api_name="/load_state")
+    assert (key, k, exclude, unique, only_label) == (FMNIST, 4, True, "one per label", "all labels")
+    layer = np.asarray(Image.open(value["layers"][0]))  # the client hands back downloaded file paths
+    assert np.array_equal(layer[..., 3] > 0, mask)
