@@ -10,7 +10,7 @@ rate-limit switch answers every request with HTTP 429. It counts requests and by
         ...
         hub.stats.requests, hub.stats.bytes_served
 
-`python tests/hub_server.py ROOT --port 8000` serves ROOT from a separate process; `GET /_stats`
+`python tests/hub_server.py ROOT [PORT]` serves ROOT from a separate process; `GET /_stats`
 and `POST /_stats/reset` read and reset the counters there.
 """
 
@@ -30,16 +30,17 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-# name of the tree entries returned per page (the Hub uses 1000; tests lower it to exercise paging)
+# tree entries per page (the Hub's own page size; tests lower it to exercise paging)
 PAGE_SIZE = 1000
 
 
 class StorageError(LookupError):
-    """A repo, revision or file that does not exist; `code` is the Hub's `X-Error-Code`."""
+    """A repo, revision or file that does not exist (404), or a ref that does (409); `code` is the Hub's
+    `X-Error-Code`, which huggingface_hub maps to RepositoryNotFoundError, RevisionNotFoundError..."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, status: int = 404, headers: dict | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.status, self.headers = code, status, headers or {}
 
 
 class RepoStorage:
@@ -88,7 +89,7 @@ class RepoStorage:
             self._save()
             return True
 
-    def commit_of(self, repo_type: str, repo_id: str, revision: str, *, allow_empty: bool = False) -> str:
+    def commit_of(self, repo_type: str, repo_id: str, revision: str) -> str:
         """The commit sha a branch, tag or sha names."""
         with self._lock:
             repo = self._repo(repo_type, repo_id)
@@ -117,16 +118,15 @@ class RepoStorage:
             self._save()
             return sha
 
-    def create_ref(self, repo_type: str, repo_id: str, kind: str, name: str, revision: str) -> bool:
-        """Point tag or branch `name` (kind "tags" or "branches") at `revision`; False if it exists."""
+    def create_ref(self, repo_type: str, repo_id: str, kind: str, name: str, revision: str) -> None:
+        """Point tag or branch `name` (kind "tags" or "branches") at `revision`; 409 if it exists."""
         with self._lock:
             sha = self.commit_of(repo_type, repo_id, revision)
             refs = self._repo(repo_type, repo_id)[kind]
             if name in refs:
-                return False
+                raise StorageError("RefExists", f"{name} already exists in {repo_id}", status=409)
             refs[name] = sha
             self._save()
-            return True
 
     def refs(self, repo_type: str, repo_id: str) -> dict:
         with self._lock:
@@ -143,7 +143,7 @@ class RepoStorage:
         """(file holding the content, sha256) of `path` at commit `sha`."""
         digest = self.files(repo_type, repo_id, sha).get(path)
         if digest is None:
-            raise StorageError("EntryNotFound", f"{path} does not exist at {sha}")
+            raise StorageError("EntryNotFound", f"{path} does not exist at {sha}", headers={"X-Repo-Commit": sha})
         return self.root / "blobs" / digest, digest
 
     def tree(self, repo_type: str, repo_id: str, revision: str, path: str, recursive: bool) -> list[dict]:
@@ -197,20 +197,13 @@ class Stats:
                     "heads": sum(1 for m, _, _ in self.requests if m == "HEAD")}
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status,
-                        headers={"X-Error-Code": code, "X-Error-Message": message})
-
-
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     """`bytes=a-b`, `bytes=a-` or `bytes=-n` -> (start, stop) with stop exclusive; None if unsatisfiable."""
-    spec = header.strip().removeprefix("bytes=")
-    first, _, last = spec.partition("-")
+    first, _, last = header.strip().removeprefix("bytes=").partition("-")
     if first == "":
         start, stop = max(0, size - int(last)), size
     else:
-        start = int(first)
-        stop = size if last == "" else min(size, int(last) + 1)
+        start, stop = int(first), size if last == "" else min(size, int(last) + 1)
     return (start, stop) if start < stop else None
 
 
@@ -228,9 +221,15 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
             stats.record(request.method, path, 429)
             return JSONResponse({"error": "rate limited"}, status_code=429, headers={"Retry-After": "0"})
         response = await call_next(request)
-        if "/resolve/" not in path:  # resolve routes record themselves, with the bytes they send
-            stats.record(request.method, path, response.status_code)
+        sent = request.method == "GET" and "/resolve/" in path and response.status_code in (200, 206)
+        stats.record(request.method, path, response.status_code,
+                     int(response.headers.get("content-length", 0)) if sent else 0)
         return response
+
+    @app.exception_handler(StorageError)
+    async def not_found(request: Request, error: StorageError):
+        headers = {"X-Error-Code": error.code, "X-Error-Message": str(error), **error.headers}
+        return JSONResponse({"error": str(error)}, status_code=error.status, headers=headers)
 
     @app.get("/_stats")
     def get_stats():
@@ -255,106 +254,73 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
             return JSONResponse({"error": "You already created this repo", "url": url}, status_code=409)
         return {"url": url, "name": repo_id, "id": repo_id}
 
-    def _call(fn, *args):
-        try:
-            return fn(*args)
-        except StorageError as error:
-            return _error(404, error.code, str(error))
-
     @app.post("/api/{repo_type}s/{org}/{name}/preupload/{revision}")
     async def preupload(repo_type: str, org: str, name: str, revision: str, request: Request):
-        files = (await request.json())["files"]
-        return _call(lambda: (storage.commit_of(repo_type, f"{org}/{name}", revision, allow_empty=True),
-                              {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                          "oid": None} for f in files]})[1])
+        storage.commit_of(repo_type, f"{org}/{name}", revision)
+        return {"files": [{"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                          for item in (await request.json())["files"]]}
 
     @app.post("/api/{repo_type}s/{org}/{name}/commit/{revision}")
     async def commit(repo_type: str, org: str, name: str, revision: str, request: Request):
         lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
-        header = next(item["value"] for item in lines if item["key"] == "header")
+        if any(item["key"] == "lfsFile" for item in lines):
+            return JSONResponse({"error": "this test server takes regular files only"}, status_code=400)
+        summary = next(item["value"]["summary"] for item in lines if item["key"] == "header")
         added = {item["value"]["path"]: base64.b64decode(item["value"]["content"])
                  for item in lines if item["key"] == "file"}
         deleted = [item["value"]["path"] for item in lines if item["key"] in ("deletedFile", "deletedFolder")]
-        if any(item["key"] == "lfsFile" for item in lines):
-            return JSONResponse({"error": "this test server takes regular files only"}, status_code=400)
-        result = _call(storage.commit, repo_type, f"{org}/{name}", revision, added, deleted, header["summary"])
-        if isinstance(result, Response):
-            return result
+        sha = storage.commit(repo_type, f"{org}/{name}", revision, added, deleted, summary)
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        return {"commitUrl": f"{request.base_url}{prefix}{org}/{name}/commit/{result}",
-                "commitOid": result, "pullRequestUrl": None}
+        return {"commitUrl": f"{request.base_url}{prefix}{org}/{name}/commit/{sha}", "commitOid": sha,
+                "pullRequestUrl": None}
 
     @app.post("/api/{repo_type}s/{org}/{name}/tag/{revision}")
     async def create_tag(repo_type: str, org: str, name: str, revision: str, request: Request):
-        tag = (await request.json())["tag"]
-        result = _call(storage.create_ref, repo_type, f"{org}/{name}", "tags", tag, revision)
-        if result is False:
-            return JSONResponse({"error": f"Tag {tag} already exists"}, status_code=409)
-        return result if isinstance(result, Response) else {}
+        storage.create_ref(repo_type, f"{org}/{name}", "tags", (await request.json())["tag"], revision)
+        return {}
 
     @app.post("/api/{repo_type}s/{org}/{name}/branch/{branch}")
     async def create_branch(repo_type: str, org: str, name: str, branch: str, request: Request):
         body = await request.json() if await request.body() else {}
-        result = _call(storage.create_ref, repo_type, f"{org}/{name}", "branches", branch,
-                       body.get("startingPoint", "main"))
-        if result is False:
-            return JSONResponse({"error": f"Branch {branch} already exists"}, status_code=409)
-        return result if isinstance(result, Response) else {}
+        storage.create_ref(repo_type, f"{org}/{name}", "branches", branch, body.get("startingPoint", "main"))
+        return {}
 
     @app.get("/api/{repo_type}s/{org}/{name}/refs")
     def list_refs(repo_type: str, org: str, name: str):
-        return _call(storage.refs, repo_type, f"{org}/{name}")
+        return storage.refs(repo_type, f"{org}/{name}")
 
     @app.get("/api/{repo_type}s/{org}/{name}")
     @app.get("/api/{repo_type}s/{org}/{name}/revision/{revision}")
     def repo_info(repo_type: str, org: str, name: str, revision: str = "main"):
-        def info():
-            sha = storage.commit_of(repo_type, f"{org}/{name}", revision)
-            files = storage.files(repo_type, f"{org}/{name}", sha)
-            return {"id": f"{org}/{name}", "sha": sha, "private": False, "tags": [],
-                    "siblings": [{"rfilename": path} for path in sorted(files)]}
-        return _call(info)
+        sha = storage.commit_of(repo_type, f"{org}/{name}", revision)
+        return {"id": f"{org}/{name}", "sha": sha, "private": False, "tags": [],
+                "siblings": [{"rfilename": path} for path in sorted(storage.files(repo_type, f"{org}/{name}", sha))]}
 
     @app.get("/api/{repo_type}s/{org}/{name}/tree/{revision}")
     @app.get("/api/{repo_type}s/{org}/{name}/tree/{revision}/{path:path}")
     def tree(repo_type: str, org: str, name: str, revision: str, request: Request, path: str = "",
              recursive: bool = False, cursor: int = 0):
-        entries = _call(storage.tree, repo_type, f"{org}/{name}", revision, path, recursive)
-        if isinstance(entries, Response):
-            return entries
-        page = entries[cursor:cursor + page_size]
+        entries = storage.tree(repo_type, f"{org}/{name}", revision, path, recursive)
         headers = {}
-        if cursor + page_size < len(entries):
-            next_url = request.url.include_query_params(cursor=cursor + page_size)
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        return JSONResponse(page, headers=headers)
+        if cursor + page_size < len(entries):  # cursor paging through the Link header, as the Hub does
+            headers["Link"] = f'<{request.url.include_query_params(cursor=cursor + page_size)}>; rel="next"'
+        return JSONResponse(entries[cursor:cursor + page_size], headers=headers)
 
     def resolve(repo_type: str, repo_id: str, revision: str, path: str, request: Request) -> Response:
-        try:
-            sha = storage.commit_of(repo_type, repo_id, revision)
-            blob, etag = storage.blob(repo_type, repo_id, sha, path)
-        except StorageError as error:
-            headers = {"X-Error-Code": error.code, "X-Error-Message": str(error)}
-            if error.code == "EntryNotFound":
-                headers["X-Repo-Commit"] = storage.commit_of(repo_type, repo_id, revision)
-            stats.record(request.method, request.url.path, 404)
-            return Response(status_code=404, headers=headers)
+        sha = storage.commit_of(repo_type, repo_id, revision)
+        blob, etag = storage.blob(repo_type, repo_id, sha, path)
         data = blob.read_bytes()
         headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         status = 200
         if "range" in request.headers:
             span = _parse_range(request.headers["range"], len(data))
             if span is None:
-                stats.record(request.method, request.url.path, 416)
                 return Response(status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
             headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{len(data)}"
             data, status = data[span[0]:span[1]], 206
         if request.method == "HEAD":
-            stats.record("HEAD", request.url.path, status)
             return Response(status_code=status, headers={**headers, "Content-Length": str(len(data))})
-        stats.record("GET", request.url.path, status, len(data))
-        return Response(content=data, status_code=status, headers=headers,
-                        media_type="application/octet-stream")
+        return Response(content=data, status_code=status, headers=headers, media_type="application/octet-stream")
 
     @app.api_route("/datasets/{org}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
     def resolve_dataset(org: str, name: str, revision: str, path: str, request: Request):
@@ -414,20 +380,14 @@ class HubServer:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="serve a Hub-compatible test server from a folder")
-    parser.add_argument("root", help="folder holding the repositories (created if missing)")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
-    args = parser.parse_args(argv)
-    server = HubServer(args.root, port=args.port).start()
-    print(server.endpoint, flush=True)
+    """`python tests/hub_server.py ROOT [PORT]`: serve ROOT on 127.0.0.1 (a free port by default) until killed."""
+    server = HubServer(argv[0], port=int(argv[1]) if len(argv) > 1 else 0).start()
+    print(server.endpoint, flush=True)  # the first line of output: what a benchmark reads
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    finally:
         server.stop()
-    return 0
 
 
 if __name__ == "__main__":
