@@ -187,3 +187,19 @@ def test_layers_command_marks_suggested_layers(capsys):
     assert any(line.split()[:2] == ["conv_stem", "32x112x112"] for line in lines)
     assert layers_command(["resnet5"]) == 2
     assert "Did you mean 'resnet50'" in capsys.readouterr().err
+
+
+def test_tokens_of_a_later_stage_get_their_grid_from_the_count():
+    from vfs.features import to_grid
+
+    class Swinish(nn.Module):  # patch size 4, but a later stage holds 28x28 tokens of a 224 input
+        def __init__(self):
+            super().__init__()
+            self.patch_embed = nn.Module()
+            self.patch_embed.patch_size = (4, 4)
+
+    tokens = torch.arange(2 * 784 * 3, dtype=torch.float32).reshape(2, 784, 3)  # (B, 784, C)
+    grid = to_grid(tokens, (224, 224), module=Swinish())
+    torch.testing.assert_close(grid, tokens.reshape(2, 28, 28, 3).permute(0, 3, 1, 2))
+    with pytest.raises(LayerError, match="do not hold a patch grid"):
+        to_grid(torch.zeros(1, 1000, 3), (224, 224))

@@ -179,3 +179,17 @@ def test_unknown_names_and_missing_files_say_what_to_do(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         vfs.load_model("vgg16", weights=tmp_path / "missing.pth")
     assert isinstance(ModelError("x"), ValueError)
+
+
+def test_preprocess_equals_timms_eval_transform(lite0):
+    import timm.data
+    from PIL import Image
+    from skimage import data
+
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=lite0.module))
+    for photo in (data.chelsea(), data.coffee(), data.camera(), data.astronaut()[:, :301]):
+        expected = transform(Image.fromarray(photo).convert("RGB"))[None]  # (1, 3, 224, 224)
+        torch.testing.assert_close(lite0.preprocess(photo), expected, atol=0, rtol=0)
+        grey = photo if photo.ndim == 2 else photo.mean(axis=2).round().astype("uint8")
+        batch = lite0.preprocess([grey, grey / 255.0])  # uint8 via PIL, float via torch: a few 1/255 apart
+        assert batch.shape == (2, 3, 224, 224) and (batch[0] - batch[1]).abs().mean() < 0.02

@@ -21,6 +21,7 @@ import difflib
 import math
 import sys
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -127,7 +128,9 @@ def to_grid(output: torch.Tensor, input_hw, *, module: nn.Module | None = None, 
         return output.permute(0, 3, 1, 2) if channels_last else output  # (B, C, h, w)
     if output.ndim == 3:
         batch, tokens, channels = output.shape
-        grid = _patch_grid(module, height, width) or _infer_grid(tokens, height, width)
+        grid = _patch_grid(module, height, width)
+        if grid is None or grid[0] * grid[1] > tokens:  # no patch size, or a later stage (swin) with fewer tokens
+            grid = _infer_grid(tokens, height, width)
         if grid is None or grid[0] * grid[1] > tokens:
             raise LayerError(
                 f"layer {layer!r} outputs {tokens} tokens, which do not hold a patch grid for a "
@@ -186,8 +189,8 @@ def _first_tensor(output, layer: str) -> torch.Tensor:
 
 def _chunks(images, size: int) -> list:
     """Split a batch (list, array or tensor) into pieces of at most `size` images."""
-    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim == 4:
-        return list(images.split(size))
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:  # (B, 3, H, W) or (B, H, W, 3)
+        return [images[start : start + size] for start in range(0, len(images), size)]
     if isinstance(images, (list, tuple)) and len(images) > size:
         return [images[start : start + size] for start in range(0, len(images), size)]
     return [images]

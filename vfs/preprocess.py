@@ -41,8 +41,9 @@ class Preprocess:
     def __call__(self, images) -> torch.Tensor:
         """PIL image(s), (H, W, 3) uint8 array(s), (B, H, W, 3) array, or (3, H, W) tensor(s) -> (B, 3, crop, crop).
 
-        Arrays and PIL images are resized with PIL; tensors (uint8, or float in [0, 1]) with
-        torch (antialiased). The result is float32, normalised with `mean` and `std`.
+        PIL images and uint8 arrays ((H, W), (H, W, 3) or RGBA) are resized with PIL, as timm and
+        torchvision do; float arrays (in [0, 1]) and tensors (uint8, or float in [0, 1]) with torch
+        (antialiased), which differs by a few 1/255 steps. The result is float32, normalised.
         """
         batch = [self._one(image) for image in _as_list(images)]  # each (3, crop, crop)
         if not batch:
@@ -90,8 +91,10 @@ class Preprocess:
         mode = InterpolationMode(self.interpolation)
         if isinstance(image, np.ndarray) and image.dtype == np.uint8:
             image = Image.fromarray(image)
-        elif isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W)
+        elif isinstance(image, np.ndarray):  # float in [0, 1]: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+            array = image[:, :, None] if image.ndim == 2 else image  # (H, W, c)
+            array = np.repeat(array, 3, axis=2) if array.ndim == 3 and array.shape[2] == 1 else array[:, :, :3]
+            image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W)
         if isinstance(image, Image.Image):
             image = image.convert("RGB")
             resized_h, resized_w = self.resized_size(image.height, image.width)
@@ -141,7 +144,8 @@ def _as_list(images) -> list:
     if isinstance(images, Image.Image):
         return [images]
     if isinstance(images, np.ndarray):
-        return [images] if images.ndim in (2, 3) else list(images)  # (H, W[, 3]) or (B, H, W, 3)
+        single = images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))  # (H, W[, c])
+        return [images] if single else list(images)  # else (B, H, W[, c])
     if isinstance(images, torch.Tensor):
         return [images] if images.ndim == 3 else list(images)
     return list(images)
