@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from hub_caches.errors import CatalogError
@@ -63,8 +63,7 @@ def load_catalog(path: str | Path | None = None) -> dict[str, CatalogEntry]:
     entries = {}
     for item in raw.get("caches", []):
         unknown = set(item) - known
-        missing = {f.name for f in fields(CatalogEntry) if f.default is not None and f.name not in item}
-        missing.discard("manifest_sha256")
+        missing = {f.name for f in fields(CatalogEntry) if f.default is MISSING and f.name not in item}
         if unknown or missing:
             raise CatalogError(f"catalog {file}: entry {item.get('name')!r} has unknown keys {sorted(unknown)} "
                                f"and lacks {sorted(missing)}; valid keys: {sorted(known)}")

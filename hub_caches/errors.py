@@ -50,14 +50,14 @@ def hub_error(error: Exception, *, repo_id: str, revision: str | None, filename:
               endpoint: str | None = None) -> Exception:
     """The `hub_caches` error for an exception raised by `huggingface_hub` (or `error` itself if unknown).
 
-    Call as `raise hub_error(e, ...) from e` so the original stays in the traceback.
+    Callers re-raise `error` itself when it comes back unchanged, else `raise mapped from error`.
     """
     from huggingface_hub import errors as hf
 
     where = f"{repo_id}@{revision}" if revision else repo_id
     what = f"file {filename!r} of dataset {where}" if filename else f"dataset {where}"
     host = f" on {endpoint}" if endpoint else ""
-    status = getattr(getattr(error, "response", None), "status_code", None)
+    status = _status(error)
     # order matters: RevisionNotFoundError and RemoteEntryNotFoundError subclass HfHubHTTPError
     if isinstance(error, hf.RevisionNotFoundError):
         return RevisionNotFoundError(
@@ -89,6 +89,17 @@ def hub_error(error: Exception, *, repo_id: str, revision: str | None, filename:
             f"cannot read {what}: the Hub cannot be reached{host} ({error.__class__.__name__}). Check the "
             "network and HF_ENDPOINT, or work offline from a cache pulled beforehand (HF_HUB_OFFLINE=1)")
     return error
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status behind `error`, also when huggingface_hub re-raised it as a cache miss."""
+    seen = 0
+    while error is not None and seen < 5:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status is not None:
+            return status
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def _is_connection_error(error: Exception) -> bool:

@@ -71,7 +71,9 @@ def push_cache(path: str | Path, repo_id: str, *, tag: str | None = None, codec:
                            tag_message=f"{info['model']} {info['layer']} {info['dataset']}")
     except Exception as error:
         mapped = hub_error(error, repo_id=repo_id, revision=tag, endpoint=endpoint)
-        raise mapped from (None if mapped is error else error)
+        if mapped is error:
+            raise
+        raise mapped from error
     entry = CatalogEntry(
         name=name or repo_id.split("/")[-1], repo_id=repo_id, revision=sha, model=info["model"],
         layer=info["layer"], dataset=info["dataset"], n=info["n"], grid=tuple(info["grid"]),

@@ -84,7 +84,9 @@ def resolve(repo_id: str, *, revision: str | None = None, endpoint: str | None =
                                    local_files_only=is_offline(), token=token).resolved
     except Exception as error:
         mapped = hub_error(error, repo_id=repo_id, revision=revision or "main", endpoint=endpoint)
-        raise mapped from (None if mapped is error else error)
+        if mapped is error:
+            raise
+        raise mapped from error
     return Remote(repo_id, sha, endpoint, cache_dir, token)
 
 
@@ -114,7 +116,9 @@ def fetch(remote: Remote, filename: str, *, expected: FileEntry | None) -> Path:
             raise _corrupt(remote, filename, f"the download was cut short ({error})") from error
         mapped = hub_error(error, repo_id=remote.repo_id, revision=remote.revision, filename=filename,
                            endpoint=remote.endpoint)
-        raise mapped from (None if mapped is error else error)
+        if mapped is error:
+            raise
+        raise mapped from error
     if expected is not None:
         verify(remote, filename, path, expected)
     return path

@@ -191,13 +191,22 @@ def test_missing_repo_and_revision_have_their_own_errors(hub, pushed):
         _open(hub, revision="0" * 40)
 
 
-def test_rate_limit_and_no_network_have_their_own_errors(hub, pushed, tmp_path):
+def test_rate_limit_and_no_network_have_their_own_errors(hub, pushed, tmp_path, monkeypatch):
+    import types
+
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=lambda seconds: None))  # skip backoff waits
+    cache = _open(hub, revision=pushed.revision)
     hub.rate_limited = True
     try:
         with pytest.raises(RateLimitError, match="429"):
-            _open(hub)
+            _open(hub)  # resolving the tag
+        with pytest.raises(RateLimitError, match=r"429.*features/c/1/0/0/0|features/c/1/0/0/0.*429"):
+            cache[20]  # a chunk, after huggingface_hub's own retries
     finally:
         hub.rate_limited = False
+    assert sum(status == 429 for _, _, status in hub.stats.requests) > 2  # it did retry
     dead = HubServer(tmp_path / "dead").start()
     dead.stop()  # a port nothing listens on
     with pytest.raises(HubOfflineError, match="cannot be reached"):
@@ -289,3 +298,18 @@ def test_test_server_answers_ranges_and_pages(hub, pushed):
 def pushed_files(folder: Path) -> list[str]:
     manifest = json.loads((folder / "manifest.json").read_text())
     return [*manifest["files"], "manifest.json", ".gitattributes"]
+
+
+def test_command_line_push_and_pull(built, hub, capsys):
+    from hub_caches.__main__ import main
+
+    assert main(["push", str(built), "--repo", "vfs-test/cli", "--tag", "v1", "--codec", "lz4",
+                 "--endpoint", hub.endpoint]) == 0
+    out = capsys.readouterr().out
+    sha = out.split("commit (tag v1):\n", 1)[1].split("\n", 1)[0]
+    entry = json.loads(out.split("catalog.json):\n", 1)[1])
+    assert entry["revision"] == sha and entry["repo_id"] == "vfs-test/cli" and entry["n"] == 64
+    assert main(["pull", "vfs-test/cli", "--revision", "v1", "--endpoint", hub.endpoint]) == 0
+    assert f"revision='{sha}'" in capsys.readouterr().out
+    assert main(["pull", "vfs-test/absent", "--endpoint", hub.endpoint]) == 1
+    assert "dataset repo 'vfs-test/absent' was not found" in capsys.readouterr().err
