@@ -10,9 +10,19 @@ import pytest
 import torch
 import zarr
 
+from vfs import search_numba
 from vfs.errors import MaskError, SearchError
 from vfs.search import BestWindows, Match, best_windows, search
 from vfs.search_kernels import make_plan
+
+
+@pytest.fixture(autouse=True, params=["torch", "numba"])
+def kernel(request, monkeypatch):
+    """Run every test through the torch path and through the fused numba kernel for small masks."""
+    if request.param == "numba" and not search_numba.AVAILABLE:
+        pytest.skip("numba is not installed (or VFS_NUMBA=0): the torch path alone is tested")
+    monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", request.param == "numba")
+    return request.param
 
 
 # ---------------------------------------------------------------- oracle
@@ -229,6 +239,22 @@ def test_cuda_equals_cpu():
         cpu = best_windows(features[0], weights, features, device="cpu")
         cuda = best_windows(features[0], weights, torch.from_numpy(features).cuda(), device="cuda")
         np.testing.assert_allclose(cuda.scores, cpu.scores, atol=1e-5)
+
+
+@pytest.mark.skipif(not search_numba.AVAILABLE, reason="numba is not installed (or VFS_NUMBA=0)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_numba_kernel_equals_torch_path(monkeypatch, dtype):
+    rng = np.random.default_rng(12)
+    features = random_features(rng, (70, 16, 7, 6), dtype)
+    for mask in ["cell", "box", "corner", "L", "soft"]:
+        weights = weights_of(mask, (7, 6), rng)
+        monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", False)
+        torch_path = best_windows(features[3], weights, make_source("cl_norms", features))
+        monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", True)
+        fused = best_windows(features[3], weights, make_source("cl_norms", features))
+        np.testing.assert_allclose(fused.scores, torch_path.scores, atol=1e-6)
+        np.testing.assert_array_equal(fused.rows, torch_path.rows)
+        np.testing.assert_array_equal(fused.cols, torch_path.cols)
 
 
 # ---------------------------------------------------------------- options

@@ -20,10 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-CHUNK_BYTES = 4 << 20  # float32 bytes of features scored in one kernel call: about the L3 cache
+from vfs import search_numba
+
+CHUNK_BYTES = 4 << 20  # float32 bytes of features scored in one CPU kernel call: about the L3 cache
+CUDA_CHUNK_BYTES = 256 << 20  # on a GPU, fewer and larger transfers
+USE_NUMBA = search_numba.AVAILABLE  # the fused CPU kernel for small masks (tests switch it off and on)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class WindowPlan:
 
     cells: tuple[tuple[int, int], ...]  # (i, j) of each non-zero weight inside the box, row-major
     columns: torch.Tensor  # (cells, C) float32: w^2 * q of each cell, divided by |q * w|
+    square_weights: torch.Tensor  # (cells,) float32: w^2 of each cell
     magnitude_matrix: torch.Tensor  # (offsets, H*W) float32: w^2 of the cell each position is in a window
     height: int  # box height h, in cells
     width: int  # box width w, in cells
@@ -61,8 +67,10 @@ def make_plan(query_box: torch.Tensor, weights_box: torch.Tensor, grid: tuple[in
     magnitude_matrix = spread(square_weights[:, None], cells, grid, (height, width))  # (H', W', H, W, 1)
     offsets = (grid[0] - height + 1) * (grid[1] - width + 1)
     strategy = "offsets" if offsets <= len(cells) else "cells"
-    chunk = max(1, CHUNK_BYTES // (channels * grid[0] * grid[1] * 4))
+    chunk_bytes = CUDA_CHUNK_BYTES if device.type == "cuda" else CHUNK_BYTES
+    chunk = max(1, chunk_bytes // (channels * grid[0] * grid[1] * 4))
     return WindowPlan(cells=cells, columns=columns.float().to(device).contiguous(),
+                      square_weights=square_weights.float().to(device),
                       magnitude_matrix=magnitude_matrix.reshape(offsets, -1).float().to(device),
                       height=height, width=width, grid=grid, strategy=strategy, chunk=chunk)
 
@@ -137,6 +145,8 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     so an image's scores never depend on `n`. `sq_norms` (n, H, W) are the squared norms of the
     feature vectors, computed when None. A window (or query) of zero magnitude scores 0.
     """
+    if USE_NUMBA and plan.strategy == "cells" and device.type == "cpu":
+        return fused_block(features, plan, chunk=chunk, sq_norms=sq_norms)
     n = features.shape[0]
     dots = torch.empty(n, plan.offsets[0] * plan.offsets[1], device=device)  # (n, H'*W')
     magnitudes = torch.empty_like(dots)  # (n, H'*W')
@@ -145,7 +155,8 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
         size = min(chunk, n - first)
         part = features[first:first + size]  # (size, C, H, W)
         if not direct or size < chunk:  # convert (or pad) into a buffer reused across chunks
-            part = fill(chunk_buffer(plan, part, chunk=chunk, device=device), part)  # (chunk, C, H, W)
+            buffer = chunk_buffer(plan, part.shape[1:], chunk=chunk, device=device, channels_last=is_channels_last(part))
+            part = fill(buffer, part)  # (chunk, C, H, W)
         if sq_norms is None:
             norms = square_norms(part)  # (chunk, H, W)
         else:
@@ -158,12 +169,44 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     return scores.clamp_(-1.0, 1.0)
 
 
-def chunk_buffer(plan: WindowPlan, like: torch.Tensor, *, chunk: int, device: torch.device) -> torch.Tensor:
-    """A float32 (chunk, C, H, W) buffer in the memory layout of `like`, allocated once per plan."""
-    layout = torch.channels_last if is_channels_last(like) else torch.contiguous_format
+def fused_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int,
+                sq_norms: torch.Tensor | None) -> torch.Tensor:
+    """`score_block` through the numba kernel (CPU only): (n, C, H, W) -> (n, H'*W') float32."""
+    n, channels = features.shape[:2]
+    out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
+    if "fused" not in plan.matrices:
+        plan.matrices["fused"] = (plan.columns.cpu().numpy(), window_positions(plan),  # (cells, C), (cells, H'*W')
+                                  plan.square_weights.cpu().numpy())  # (cells,)
+    columns, positions, square_weights = plan.matrices["fused"]
+    for first in range(0, n, chunk):
+        part = features[first:first + chunk]  # (size, C, H, W)
+        size = part.shape[0]
+        if not (part.dtype == torch.float32 and part.device.type == "cpu" and is_channels_last(part)):
+            buffer = chunk_buffer(plan, part.shape[1:], chunk=chunk, device=torch.device("cpu"), channels_last=True)
+            part = buffer[:size].copy_(part)  # (size, C, H, W) float32, stored (size, H, W, C)
+        norms = square_norms(part) if sq_norms is None else sq_norms[first:first + size]  # (size, H, W)
+        search_numba.fused_scores(
+            part.permute(0, 2, 3, 1).reshape(size, -1, channels).numpy(),  # (size, H*W, C), a view
+            columns, positions, square_weights,
+            norms.reshape(size, -1).to("cpu", torch.float32).contiguous().numpy(),  # (size, H*W)
+            out[first:first + size])
+    return torch.from_numpy(out)
+
+
+def window_positions(plan: WindowPlan) -> np.ndarray:
+    """Flat position (row * W + col) of cell k in window p, row-major windows: (cells, H'*W') int64."""
+    rows, cols = plan.offsets
+    width = plan.grid[1]
+    return np.array([[(r + i) * width + (c + j) for r in range(rows) for c in range(cols)]
+                     for i, j in plan.cells], np.int64)
+
+
+def chunk_buffer(plan: WindowPlan, shape, *, chunk: int, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A float32 (chunk, C, H, W) buffer in the given memory layout, allocated once per plan."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     key = ("buffer", chunk, layout, device)
     if key not in plan.matrices:
-        plan.matrices[key] = torch.empty(chunk, *like.shape[1:], device=device, memory_format=layout)
+        plan.matrices[key] = torch.empty(chunk, *shape, device=device, memory_format=layout)
     return plan.matrices[key]
 
 
