@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import vfs.search_kernels as kernels  # noqa: E402
 from vfs.search import search  # noqa: E402
 
 MASKS = ("full 7x7", "3x3", "2x2", "one cell", "L-shaped blob")
@@ -91,7 +92,10 @@ def load_reference():
     return module
 
 
-def timed(fn, repeats: int):
+def timed(fn, repeats: int, *, warm_up: bool = True):
+    """Median seconds of `repeats` calls (after one untimed call: numba compiles or loads its cache)."""
+    if warm_up:
+        fn()
     times, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
@@ -135,7 +139,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"load average {os.getloadavg()[0]:.1f}")
     read_s, _ = timed(lambda: features.sum(), args.repeats)
-    print(f"plain read (torch sum, {args.dtype}): {read_s:.3f} s")
+    print(f"plain read (torch sum, {args.dtype}): {read_s:.3f} s; numba kernel for small masks: {kernels.USE_NUMBA}")
 
     reference = load_reference()
     ref_features = np.ascontiguousarray(features[:ref_n].numpy() if args.layout == "nchw"
@@ -147,15 +151,22 @@ def main() -> None:
     label = "reference" if ref_n == args.n else f"reference x{scale:g} (timed on {ref_n})"
 
     print(f"\ntimes per query: this project median of {args.repeats}, the reference one run")
-    print(f"{'mask':<14} {'this (s)':>9} {label:>32} {'ref/this':>9} {'this/read':>10}  top-{args.k} agreement"
-          f" (on the first {ref_n})")
+    print(f"{'mask':<14} {'this (s)':>9} {'torch path':>10} {label:>32} {'ref/this':>9} {'this/read':>10}  "
+          f"top-{args.k} agreement (on the first {ref_n})")
     for name in MASKS:
         weights = make_weights(name, 7)
-        ours_s, _ = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
-        ref_s, theirs = timed(lambda: reference_top(tool, weights, args.k), 1)  # slow: one run
+        ours_s, ours = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
+        torch_path = "same"
+        if kernels.USE_NUMBA and not weights.all():  # small masks go through the numba kernel: time torch too
+            kernels.USE_NUMBA = False
+            torch_s, torch_ours = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
+            kernels.USE_NUMBA = True
+            same = [(m.index, m.row, m.col) for m in ours] == [(m.index, m.row, m.col) for m in torch_ours]
+            torch_path = f"{torch_s:.3f}{'' if same else '!'}"  # ! = the two paths disagree on the top k
+        ref_s, theirs = timed(lambda: reference_top(tool, weights, args.k), 1, warm_up=False)  # slow: one run
         ref_s *= scale
         ours_sub = search(query, weights, source, k=args.k, subset=np.arange(ref_n))
-        print(f"{name:<14} {ours_s:>9.3f} {ref_s:>32.2f} {ref_s / ours_s:>9.1f} {ours_s / read_s:>10.2f}  "
+        print(f"{name:<14} {ours_s:>9.3f} {torch_path:>10} {ref_s:>32.2f} {ref_s / ours_s:>9.1f} {ours_s / read_s:>10.2f}  "
               f"{agreement(ours_sub, theirs)}", flush=True)
 
 
