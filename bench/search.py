@@ -148,7 +148,7 @@ def main() -> None:
     query = features[17].float()  # (C, H, W)
     tool.set_input_image(query)
     scale = args.n / ref_n
-    label = "reference" if ref_n == args.n else f"reference x{scale:g} (timed on {ref_n})"
+    label = "reference" if ref_n == args.n else f"reference x{scale:.3g} (timed on {ref_n})"
 
     print(f"\ntimes per query: this project median of {args.repeats}, the reference one run")
     print(f"{'mask':<14} {'this (s)':>9} {'torch path':>10} {label:>32} {'ref/this':>9} {'this/read':>10}  "

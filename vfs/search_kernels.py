@@ -13,7 +13,10 @@ computed here). Two ways to get the dot products, picked per mask by their cost:
 - "offsets": one product (n, C*H*W) x (C*H*W, offsets) with one zero-padded kernel per window
   position. Cost ~ offsets multiply-adds per feature value (a full mask is a single matvec).
 
-Everything here is plain torch on whatever device the tensors live on (CPU or CUDA).
+Everything here is plain torch on whatever device the tensors live on (CPU or CUDA). On the CPU,
+small masks ("cells") go through the fused numba kernel of `vfs.search_numba` when numba is
+installed: it does only the cells x offsets dot products the windows need (the GEMM does cells x
+every position) and equals this path to float32 rounding.
 """
 
 from __future__ import annotations
