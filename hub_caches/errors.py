@@ -47,7 +47,7 @@ class RemoteFileError(CacheCorruptError):
 
 
 def hub_error(error: Exception, *, repo_id: str, revision: str | None, filename: str | None = None,
-              endpoint: str | None = None) -> Exception:
+              endpoint: str | None = None, offline: bool = False) -> Exception:
     """The `hub_caches` error for an exception raised by `huggingface_hub` (or `error` itself if unknown).
 
     Callers re-raise `error` itself when it comes back unchanged, else `raise mapped from error`.
@@ -78,8 +78,7 @@ def hub_error(error: Exception, *, repo_id: str, revision: str | None, filename:
             "minutes and try again, log in (`hf auth login`) for a higher limit, or download the whole cache "
             "once with `python -m hub_caches pull` when the limit resets")
     if isinstance(error, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError, hf.RevisionResolutionError)):
-        reason = ("HF_HUB_OFFLINE=1 is set" if isinstance(error, hf.OfflineModeIsEnabled)
-                  or "outgoing traffic has been disabled" in str(error) else f"the Hub cannot be reached{host}")
+        reason = "HF_HUB_OFFLINE=1 is set" if offline else f"the Hub cannot be reached{host}"
         return HubOfflineError(
             f"cannot read {what}: {reason} and it is not in the local Hugging Face cache. Connect to the "
             "network (and unset HF_HUB_OFFLINE), or download the cache beforehand with "

@@ -83,7 +83,8 @@ def resolve(repo_id: str, *, revision: str | None = None, endpoint: str | None =
         sha = api.resolve_revision(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir,
                                    local_files_only=is_offline(), token=token).resolved
     except Exception as error:
-        mapped = hub_error(error, repo_id=repo_id, revision=revision or "main", endpoint=endpoint)
+        mapped = hub_error(error, repo_id=repo_id, revision=revision or "main", endpoint=endpoint,
+                           offline=is_offline())
         if mapped is error:
             raise
         raise mapped from error
@@ -115,7 +116,7 @@ def fetch(remote: Remote, filename: str, *, expected: FileEntry | None) -> Path:
         if "Consistency check failed" in str(error):  # huggingface_hub saw fewer bytes than announced
             raise _corrupt(remote, filename, f"the download was cut short ({error})") from error
         mapped = hub_error(error, repo_id=remote.repo_id, revision=remote.revision, filename=filename,
-                           endpoint=remote.endpoint)
+                           endpoint=remote.endpoint, offline=is_offline())
         if mapped is error:
             raise
         raise mapped from error

@@ -136,6 +136,8 @@ def test_offline_names_the_file_that_was_never_fetched(built, tmp_path, monkeypa
     with pytest.raises(HubOfflineError, match=r"features/c/2/0/0/0.*HF_HUB_OFFLINE=1") as error:
         cache[40]
     assert isinstance(error.value, ConnectionError) and isinstance(error.value, VFSError)
+    with pytest.raises(HubOfflineError, match=r"dataset vfs-test/fmnist@main: HF_HUB_OFFLINE=1 is set"):
+        hub_caches.open(REPO, endpoint=server.endpoint)  # "main" was never resolved online
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
