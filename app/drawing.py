@@ -68,7 +68,7 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> Image.Image:
     """`image` (H, W, 3) with the painted pixels `mask` (H, W) tinted."""
     base = Image.fromarray(image).convert("RGBA")
     tint = Image.new("RGBA", base.size, (*SHADE, 0))
-    alpha = Image.fromarray((np.asarray(mask, dtype=bool) * 140).astype(np.uint8))
+    alpha = Image.fromarray((np.asarray(mask, dtype=bool) * 90).astype(np.uint8))
     tint.putalpha(alpha)
     return Image.alpha_composite(base, tint).convert("RGB")
 
@@ -121,8 +121,9 @@ def score_boxplot_spec(scores: np.ndarray, labels: list[str], *, marks: list[dic
     ]
     spec = {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "width": "container",
-        "height": 260,
+        "width": max(320, 56 * len(rows)),
+        "height": 240,
+        "padding": {"top": 12, "left": 5, "right": 5, "bottom": 5},
         "datasets": {"boxes": rows, "marks": marks or []},
         "data": {"name": "boxes"},
         "layer": layers,

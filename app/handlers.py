@@ -134,7 +134,7 @@ def label_name(cache, index: int) -> str:
 
 def dataset_page(library: CacheLibrary, cache_key: str, page: int, *, per_page: int = 24
                  ) -> tuple[list[tuple[Image.Image, str]], int]:
-    """Thumbnails of page `page` (0-based, clamped) as (image, "#index · label"), and the page count."""
+    """Thumbnails of page `page` (0-based, clamped) as (image, "#index"), and the page count."""
     cache = library.open(cache_key)
     n = cache.shape[0]
     pages = max(1, -(-n // per_page))
@@ -142,7 +142,7 @@ def dataset_page(library: CacheLibrary, cache_key: str, page: int, *, per_page: 
     items = []
     for index in range(page * per_page, min(n, (page + 1) * per_page)):
         thumb = drawing.upscale(cache.thumbnail(index), side=96)
-        items.append((thumb, f"#{index} · {label_name(cache, index)}"))
+        items.append((thumb, f"#{index}"))
     return items, pages
 
 

@@ -11,6 +11,7 @@ import functools
 import logging
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         image = handlers.display_image(cache, index)
         picked = handlers.Picked(cache_key=key, index=int(index), image_id=cache.ids[int(index)])
         value = handlers.editor_value(image)
-        return value, picked, handlers.grid_preview(library, key, value), f"#{index} · {handlers.label_name(cache, index)}"
+        label = f"Dataset image **#{index}** · {handlers.label_name(cache, index)} · id `{cache.ids[int(index)]}`"
+        return value, picked, handlers.grid_preview(library, key, value), label
 
     @readable
     def pick_from_page(key, page, event: gr.SelectData):
@@ -157,6 +159,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
     def search(key, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):
         if not key:
             raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
+        started = time.perf_counter()
         progress(0.05, desc="reading the query")
         query, notes = handlers.read_query(library, key, value, picked)
         outcome = handlers.run_search(library, query, options_from(k, exclude, unique, only_label),
@@ -173,6 +176,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         except VFSError as error:
             share = str(error)
         grid = handlers.grid_preview(library, key, value)
+        log.info("search handler: %.3f s in all, %.3f s scoring", time.perf_counter() - started, outcome.seconds)
         return items, handlers.search_summary(library, outcome), grid, plot, share, outcome, query
 
     @readable
@@ -244,47 +248,51 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=5):
-                        with gr.Accordion("Pick a query image from the dataset", open=True):
-                            dataset = gr.Gallery(label="Dataset", columns=8, height=230, allow_preview=False,
-                                                 object_fit="contain", elem_id="vfs-dataset", format="png",
-                                                 show_label=False)
-                            with gr.Row():
-                                prev_page = gr.Button("◀", size="sm", elem_id="vfs-prev", min_width=40)
-                                page_label = gr.Markdown("page 1 of 1", elem_id="vfs-page")
-                                next_page = gr.Button("▶", size="sm", elem_id="vfs-next", min_width=40)
-                                index_box = gr.Number(label="image #", precision=0, minimum=0, elem_id="vfs-index",
-                                                      min_width=80, scale=0)
-                                open_index = gr.Button("Open #", size="sm", elem_id="vfs-open-index")
-                                random_button = gr.Button("🎲 Random", size="sm", elem_id="vfs-random")
+                    with gr.Column(scale=4, min_width=380):
                         editor = gr.ImageEditor(
-                            label="Query: paint the region to search for (or upload an image)",
+                            label="Query: paint the region to search for",
                             type="numpy", image_mode="RGBA", layers=False, transforms=(),
-                            sources=("upload", "clipboard"), height=440, elem_id="vfs-editor",
+                            sources=("upload", "clipboard"), height=420, elem_id="vfs-editor",
                             brush=gr.Brush(default_size=24, colors=["#ff7800"], default_color="#ff7800",
                                            color_mode="fixed"),
-                            eraser=gr.Eraser(default_size=24), format="png",
+                            eraser=gr.Eraser(default_size=24), format="png", canvas_size=(400, 400),
                         )
-                        picked_label = gr.Markdown("", elem_id="vfs-picked", elem_classes="vfs-small")
-                        gr.Examples(example_images(), inputs=[editor], label="Example photos (uploads)")
+                        picked_label = gr.Markdown("Pick an image below, upload one, or use an example.",
+                                                   elem_id="vfs-picked", elem_classes="vfs-small")
+                        with gr.Row(equal_height=True):
+                            random_button = gr.Button("🎲 Random image", size="sm", elem_id="vfs-random")
+                            index_box = gr.Number(show_label=False, placeholder="image #", precision=0, minimum=0,
+                                                  elem_id="vfs-index", min_width=90, container=False)
+                            open_index = gr.Button("Open #", size="sm", elem_id="vfs-open-index")
+                        with gr.Accordion("Browse the dataset", open=True):
+                            dataset = gr.Gallery(columns=5, height=240, allow_preview=False, object_fit="contain",
+                                                 elem_id="vfs-dataset", format="png", show_label=False)
+                            with gr.Row(equal_height=True):
+                                prev_page = gr.Button("◀ previous", size="sm", elem_id="vfs-prev")
+                                page_label = gr.Markdown("page 1 of 1", elem_id="vfs-page")
+                                next_page = gr.Button("next ▶", size="sm", elem_id="vfs-next")
+                        gr.Examples(example_images(), inputs=[editor], label="Example photos (uploaded queries)")
                     with gr.Column(scale=6):
-                        with gr.Row():
-                            k = gr.Slider(1, 48, value=12, step=1, label="results (k)", elem_id="vfs-k")
-                            unique = gr.Radio(list(UNIQUE_LABELS)[:2], value="no limit", label="per label / domain",
-                                              elem_id="vfs-unique")
-                        with gr.Row():
-                            only_label = gr.Dropdown([ALL_LABELS], value=ALL_LABELS, label="only images labelled",
-                                                     elem_id="vfs-only-label", allow_custom_value=True)
-                            exclude = gr.Checkbox(True, label="exclude the query image", elem_id="vfs-exclude")
+                        with gr.Group():
+                            with gr.Row():
+                                k = gr.Slider(1, 48, value=12, step=1, label="results (k)", elem_id="vfs-k",
+                                              min_width=160)
+                                unique = gr.Radio(list(UNIQUE_LABELS)[:2], value="no limit", label="at most",
+                                                  elem_id="vfs-unique", min_width=160)
+                            with gr.Row():
+                                only_label = gr.Dropdown([ALL_LABELS], value=ALL_LABELS, label="only images labelled",
+                                                         elem_id="vfs-only-label", allow_custom_value=True)
+                                exclude = gr.Checkbox(True, label="exclude the query image", elem_id="vfs-exclude")
                         search_button = gr.Button("Search", variant="primary", elem_id="vfs-search")
-                        summary = gr.Markdown("", elem_id="vfs-summary")
+                        summary = gr.Markdown("", elem_id="vfs-summary", elem_classes="vfs-small")
                         results = gr.Gallery(label="Most similar regions (rank · label · cosine)", columns=4,
-                                             height=520, object_fit="contain", elem_id="vfs-results", format="png")
-                        grid = gr.Image(label="What the model sees: mask on the feature grid (shaded cells = "
-                                        "weights; dimmed = cropped away)", type="pil", height=300,
-                                        elem_id="vfs-grid", interactive=False)
-                with gr.Accordion("Score distribution over the whole dataset, by label", open=True):
-                    plot = gr.Plot(elem_id="vfs-plot", show_label=False)
+                                             height=560, object_fit="contain", elem_id="vfs-results", format="png")
+                with gr.Row(equal_height=False):
+                    grid = gr.Image(label="What the model sees: the mask on the feature grid", type="pil",
+                                    height=320, elem_id="vfs-grid",
+                                    interactive=False, scale=2)
+                    plot = gr.Plot(label="Best-window score of every image, by label (dots: the results)",
+                                   elem_id="vfs-plot", scale=3)
                 with gr.Accordion("Export and share", open=False):
                     with gr.Row():
                         export_button = gr.Button("Export results (JSON + CSV)", elem_id="vfs-export")
@@ -339,6 +347,8 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                              [compare_summary, left_results, right_results], api_name="compare")
         timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
+            pick_cache, [cache_key], [cache_info, dataset, page, page_label, only_label, unique], api_name=False,
+        ).then(
             lambda text: load_state(text) if text else [gr.update()] * 8, [state_text],
             [cache_key, editor, picked, k, exclude, unique, only_label, grid], api_name=False,
         )

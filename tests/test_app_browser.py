@@ -1,0 +1,97 @@
+"""The app in a real browser: Debian chromium through Playwright (never `playwright install`).
+
+Pick a dataset image, press Search with nothing painted (a readable message), paint a stroke on the
+editor's canvas, press Search, wait for the gallery, check its captions, and save a screenshot to
+the test's folder and to `tests/artifacts/app-search.png` (ignored by git).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from app_server import REPO, running_app, shared_caches
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
+ARTIFACTS = REPO / "tests" / "artifacts"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium (apt-get install chromium); "
+                                                     "scripts/test installs it"),
+]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    caches = shared_caches(tmp_path_factory)
+    log = tmp_path_factory.mktemp("browser-app") / "server.log"
+    with running_app(caches, log_path=log) as url:
+        yield url
+
+
+@pytest.fixture
+def page(url):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(90_000)
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
+    """Drag the brush through `points` (fractions of the canvas box): few waypoints, each move ~1 s here."""
+    box = page.locator(f"{selector} canvas").first.bounding_box()
+    x0, y0 = box["x"] + box["width"] * points[0][0], box["y"] + box["height"] * points[0][1]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for fx, fy in points[1:]:
+        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=2)
+    page.mouse.up()
+
+
+def test_paint_search_and_read_the_gallery(page, tmp_path):
+    page.wait_for_selector("#vfs-dataset .thumbnail-item")
+    page.locator("#vfs-dataset .thumbnail-item").nth(5).click()
+    page.wait_for_function("document.querySelector('#vfs-picked').innerText.includes('#5')")
+    page.wait_for_selector("#vfs-grid img")
+
+    page.locator("#vfs-search").click()  # nothing painted yet: a message, not a trace
+    toast = page.locator(".toast-body", has_text="mask is empty")
+    toast.first.wait_for()
+    page.locator(".toast-close").first.click()
+
+    paint(page, "#vfs-editor", [(0.42, 0.35), (0.55, 0.45), (0.50, 0.62), (0.40, 0.55)])
+    start = time.perf_counter()
+    page.locator("#vfs-search").click()
+    page.wait_for_function("document.querySelectorAll('#vfs-results .caption-label').length >= 12")
+    seconds = time.perf_counter() - start
+    captions = page.locator("#vfs-results .caption-label").all_inner_texts()
+    assert len(captions) == 12
+    for rank, caption in enumerate(captions, start=1):
+        parts = CAPTION.match(caption.strip())
+        assert parts, caption
+        assert int(parts["rank"]) == rank and -1 <= float(parts["score"]) <= 1
+    scores = [float(CAPTION.match(c.strip())["score"]) for c in captions]
+    assert scores == sorted(scores, reverse=True)
+    summary = page.locator("#vfs-summary").inner_text()
+    assert "dataset image #5" in summary
+    cells = int(re.search(r"mask covers (\d+) of", summary)[1])
+    assert cells > 0
+
+    page.wait_for_selector("#vfs-plot .vega-embed, #vfs-plot canvas, #vfs-plot svg")
+    shot = tmp_path / "app-search.png"
+    page.screenshot(path=str(shot), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "app-search.png")
+    print(f"click -> gallery {seconds:.2f} s in the browser; server: {summary}")
