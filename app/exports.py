@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app import handlers
+from app import editor, handlers
 from app.library import CacheLibrary
 from app.state import Outcome, SharedState, decode_state, encode_state
 from vfs.errors import DatasetError
@@ -100,4 +100,4 @@ def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, han
     if mask.shape != image.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))
     picked = handlers.Picked(cache_key=state.cache_key, index=state.index, image_id=cache.ids[state.index])
-    return state, handlers.editor_value(image, mask), picked
+    return state, editor.editor_value(image, mask), picked

@@ -19,6 +19,7 @@ import gradio as gr
 from gradio.components.plot import PlotData
 
 from app import compare as compare_
+from app import editor as editor_module
 from app import exports, handlers
 from app.library import CacheLibrary, DefaultBuild
 from app.state import SearchOptions
@@ -131,7 +132,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         cache = library.open(key)
         image = handlers.display_image(cache, index)
         picked = handlers.Picked(cache_key=key, index=int(index), image_id=cache.ids[int(index)])
-        value = handlers.editor_value(image)
+        value = editor_module.editor_value(image)
         label = f"Dataset image **#{index}** · {handlers.label_name(cache, index)} · id `{cache.ids[int(index)]}`"
         return value, picked, handlers.grid_preview(library, key, value), label
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers
+from app import editor, handlers
 from app.library import CacheLibrary
 from app.state import SearchOptions
 from app_server import running_app, shared_caches
@@ -53,7 +53,7 @@ def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
     gallery, summary, *_ = client.predict(FMNIST, editor_argument(image, mask, tmp_path), 6, True, "no limit",
                                           "all labels", api_name="/search")
     # oracle: the same pixels through the handlers in this process (an API call has no pick: an upload)
-    query, _ = handlers.read_query(library, FMNIST, handlers.editor_value(image, mask), None)
+    query, _ = handlers.read_query(library, FMNIST, editor.editor_value(image, mask), None)
     expected = handlers.run_search(library, query, SearchOptions(k=6))
     captions = [item["caption"] for item in gallery]
     assert captions == [caption for _, caption in handlers.result_items(library, expected)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vfs
-from app import compare, drawing, exports, handlers
+from app import compare, drawing, editor, exports, handlers
 from app.library import CacheLibrary
 from app.state import SearchOptions, SharedState, decode_state, encode_state
 from app_server import shared_caches
@@ -50,7 +50,7 @@ def test_mask_is_the_or_of_layer_alphas():
     image = np.zeros((20, 30, 3), np.uint8)
     value = stroke_value(image, (2, 3, 6, 9), layers=2)
     value["layers"][1][10:12, 20:25, 3] = 7  # a faint stroke in the second layer still counts
-    mask = handlers.editor_mask(value)
+    mask = editor.editor_mask(value)
     expected = np.zeros((20, 30), bool)
     expected[2:6, 3:9] = True
     expected[10:12, 20:25] = True
@@ -60,7 +60,7 @@ def test_mask_is_the_or_of_layer_alphas():
 @pytest.mark.parametrize("layers", [[], None, [None]])
 def test_no_layers_means_empty_mask(layers):
     image = np.full((8, 9, 4), 200, np.uint8)
-    mask = handlers.editor_mask({"background": image, "layers": layers, "composite": image.copy()})
+    mask = editor.editor_mask({"background": image, "layers": layers, "composite": image.copy()})
     assert mask.shape == (8, 9) and not mask.any()
 
 
@@ -68,14 +68,14 @@ def test_empty_strokes_and_rgb_layers_paint_nothing():
     image = np.full((8, 9, 4), 200, np.uint8)
     rgb_layer = np.full((8, 9, 3), 255, np.uint8)  # no alpha: a stroke cannot be told apart
     value = {"background": image, "layers": [np.zeros((8, 9, 4), np.uint8), rgb_layer], "composite": image}
-    assert not handlers.editor_mask(value).any()
+    assert not editor.editor_mask(value).any()
 
 
 def test_layer_of_another_size_is_resized_to_the_background():
     background = np.zeros((40, 60, 4), np.uint8)
     layer = np.zeros((20, 30, 4), np.uint8)
     layer[5:10, 0:15, 3] = 255
-    mask = handlers.editor_mask({"background": background, "layers": [layer], "composite": None})
+    mask = editor.editor_mask({"background": background, "layers": [layer], "composite": None})
     assert mask.shape == (40, 60)
     assert mask[10:20, 0:30].all() and mask.sum() == 10 * 30
 
@@ -84,14 +84,14 @@ def test_composite_differences_count_when_there_are_no_layers():
     background = np.zeros((10, 10, 4), np.uint8)
     composite = background.copy()
     composite[1:3, 4:7] = (255, 0, 0, 255)
-    mask = handlers.editor_mask({"background": background, "layers": [], "composite": composite})
+    mask = editor.editor_mask({"background": background, "layers": [], "composite": composite})
     assert mask.sum() == 6 and mask[1:3, 4:7].all()
 
 
 def test_no_value_means_no_image_and_no_mask():
-    assert handlers.editor_mask(None) is None
-    assert handlers.editor_image(None) is None
-    assert handlers.editor_image({"background": None, "layers": [], "composite": None}) is None
+    assert editor.editor_mask(None) is None
+    assert editor.editor_image(None) is None
+    assert editor.editor_image({"background": None, "layers": [], "composite": None}) is None
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 3), (5, 7, 4)])
@@ -99,30 +99,30 @@ def test_odd_image_shapes_become_rgb(shape):
     pixels = np.full(shape, 100, np.uint8)
     if shape[-1] == 4:
         pixels[..., 3] = 0  # fully transparent -> white
-    rgb = handlers.to_rgb(pixels)
+    rgb = editor.to_rgb(pixels)
     assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
     assert (rgb == (255 if shape[-1] == 4 else 100)).all()
 
 
 def test_unreadable_shapes_are_refused_with_a_message():
     with pytest.raises(vfs.DatasetError, match="cannot read an image"):
-        handlers.to_rgb(np.zeros((4, 4, 2), np.uint8))
+        editor.to_rgb(np.zeros((4, 4, 2), np.uint8))
 
 
 def test_large_images_are_downscaled_with_their_mask():
     image = np.zeros((1500, 3000, 3), np.uint8)
     mask = np.zeros((1500, 3000), bool)
     mask[:750, :1500] = True
-    small, small_mask, note = handlers.fit_image(image, mask)
+    small, small_mask, note = editor.fit_image(image, mask)
     assert small.shape == (512, 1024, 3) and small_mask.shape == (512, 1024)
     assert small_mask[:256, :512].all() and small_mask.sum() == 256 * 512
     assert "downscaled" in note
 
 
 def test_huge_images_are_refused(monkeypatch):
-    monkeypatch.setattr(handlers, "MAX_PIXELS", 10_000)
+    monkeypatch.setattr(editor, "MAX_PIXELS", 10_000)
     with pytest.raises(vfs.DatasetError, match="the limit is 10,000 pixels"):
-        handlers.fit_image(np.zeros((200, 100, 3), np.uint8))
+        editor.fit_image(np.zeros((200, 100, 3), np.uint8))
 
 
 # ---- queries
