@@ -1,4 +1,4 @@
-"""Time one masked-window search over N x 512 x 7 x 7 features, against the reference package and a plain read.
+"""Time a masked-window search over N x 512 x 7 x 7 features against the reference package and a plain read.
 
     flock /tmp/vfs-heavy.lock python bench/search.py [--n 50000] [--dtype float16|float32] [--ref-n 5000]
 
@@ -51,7 +51,8 @@ class Features:
         return self.features[index]
 
 
-def make_features(n: int, *, channels: int, grid: int, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+def make_features(n: int, *, channels: int, grid: int, dtype: torch.dtype,
+                  channels_last: bool) -> torch.Tensor:
     """Seeded post-ReLU-like features (n, C, H, W), generated in blocks to bound the peak memory."""
     generator = torch.Generator().manual_seed(0)
     out = torch.empty(n, channels, grid, grid, dtype=dtype,
@@ -117,7 +118,8 @@ def agreement(ours, theirs) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     parser.add_argument("--ref-n", type=int, default=5_000, help="images given to the slow reference")
@@ -132,14 +134,17 @@ def main() -> None:
     ref_n = min(args.ref_n, args.n)
 
     start = time.perf_counter()
-    features = make_features(args.n, channels=512, grid=7, dtype=dtype, channels_last=args.layout == "channels_last")
+    channels_last = args.layout == "channels_last"
+    features = make_features(args.n, channels=512, grid=7, dtype=dtype, channels_last=channels_last)
     source = Features(features, sq_norms=not args.no_sq_norms)
     print(f"{args.n} x 512 x 7 x 7 {args.dtype} {args.layout}, sq_norms={not args.no_sq_norms}, "
-          f"{features.numel() * features.element_size() / 1e9:.2f} GB, made in {time.perf_counter() - start:.0f} s; "
+          f"{features.numel() * features.element_size() / 1e9:.2f} GB, "
+          f"made in {time.perf_counter() - start:.0f} s; "
           f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"load average {os.getloadavg()[0]:.1f}")
     read_s, _ = timed(lambda: features.sum(), args.repeats)
-    print(f"plain read (torch sum, {args.dtype}): {read_s:.3f} s; numba kernel for small masks: {kernels.USE_NUMBA}")
+    print(f"plain read (torch sum, {args.dtype}): {read_s:.3f} s; "
+          f"numba kernel for small masks: {kernels.USE_NUMBA}")
 
     reference = load_reference()
     ref_features = np.ascontiguousarray(features[:ref_n].numpy() if args.layout == "nchw"
@@ -166,7 +171,8 @@ def main() -> None:
         ref_s, theirs = timed(lambda: reference_top(tool, weights, args.k), 1, warm_up=False)  # slow: one run
         ref_s *= scale
         ours_sub = search(query, weights, source, k=args.k, subset=np.arange(ref_n))
-        print(f"{name:<14} {ours_s:>9.3f} {torch_path:>10} {ref_s:>32.2f} {ref_s / ours_s:>9.1f} {ours_s / read_s:>10.2f}  "
+        print(f"{name:<14} {ours_s:>9.3f} {torch_path:>10} {ref_s:>32.2f} {ref_s / ours_s:>9.1f} "
+              f"{ours_s / read_s:>10.2f}  "
               f"{agreement(ours_sub, theirs)}", flush=True)
 
 

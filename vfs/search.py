@@ -61,10 +61,11 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     search to these indices. `block` is how many images are read at a time (rounded up to the
     kernel's chunk); it never changes the results. `device` (e.g. "cuda") is where the math runs.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not is_positive_int(k):
         raise SearchError(f"k must be a positive integer, got {k!r}: ask for k=1 or more matches")
-    if isinstance(per_image, bool) or not isinstance(per_image, (int, np.integer)) or per_image < 1:
-        raise SearchError(f"per_image must be a positive integer, got {per_image!r}: use 1 for the best window per image")
+    if not is_positive_int(per_image):
+        raise SearchError(f"per_image must be a positive integer, got {per_image!r}: "
+                          "use 1 for the best window per image")
     plan, indices, device = prepare(query, weights, source, subset=subset, exclude=exclude, device=device)
     best = Candidates(k)
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
@@ -80,7 +81,8 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
                   height=plan.height, width=plan.width) for i, s, o in best.ranked()]
 
 
-def best_windows(query, weights, source, *, subset=None, block: int | None = None, device=None) -> BestWindows:
+def best_windows(query, weights, source, *, subset=None, block: int | None = None,
+                 device=None) -> BestWindows:
     """The best window (score, row, col) of every image of `source`, or of `subset` (ascending)."""
     plan, indices, device = prepare(query, weights, source, subset=subset, exclude=None, device=device)
     parts_indices, parts_scores, parts_offsets = [], [], []
@@ -120,7 +122,8 @@ class Candidates:
         return zip(self.indices.tolist(), self.scores.tolist(), self.offsets.tolist())
 
 
-def prepare(query, weights, source, *, subset, exclude, device) -> tuple[WindowPlan, np.ndarray, torch.device]:
+def prepare(query, weights, source, *, subset, exclude,
+            device) -> tuple[WindowPlan, np.ndarray, torch.device]:
     """Validate the inputs; return the plan, the sorted image indices to scan, and the device."""
     query = as_float_tensor(query, "query")
     if query.ndim != 3:
@@ -128,8 +131,9 @@ def prepare(query, weights, source, *, subset, exclude, device) -> tuple[WindowP
                           "pass features[i], not the whole batch")
     weights = as_float_tensor(weights, "weights").cpu()
     if weights.shape != query.shape[1:]:
-        raise SearchError(f"weights {tuple(weights.shape)} must have the query's grid {tuple(query.shape[1:])}: "
-                          "map the mask onto the feature grid with vfs.mask_to_grid")
+        raise SearchError(f"weights {tuple(weights.shape)} must have the query's grid "
+                          f"{tuple(query.shape[1:])}: map the mask onto the feature grid "
+                          "with vfs.mask_to_grid")
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or bool((weights > 1).any()):
         raise MaskError("weights must be finite numbers in [0, 1] (0 = outside the region): "
                         "scale a 0-255 mask by 1/255 and replace NaNs with 0")
@@ -146,12 +150,13 @@ def prepare(query, weights, source, *, subset, exclude, device) -> tuple[WindowP
     rows, cols = torch.nonzero(weights > 0, as_tuple=True)
     top, left, bottom, right = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     if bottom - top > height or right - left > width:
-        raise SearchError(f"the painted region spans {bottom - top}x{right - left} cells but the source maps are "
-                          f"only {height}x{width}: paint a smaller region or use a layer with a larger grid")
+        raise SearchError(f"the painted region spans {bottom - top}x{right - left} cells but the source maps "
+                          f"are only {height}x{width}: paint a smaller region or use a layer "
+                          "with a larger grid")
     sq_norms = getattr(source, "sq_norms", None)
     if sq_norms is not None and tuple(sq_norms.shape) != (count, height, width):
-        raise SearchError(f"source.sq_norms has shape {tuple(sq_norms.shape)}, expected {(count, height, width)}: "
-                          "rebuild the cache's squared norms")
+        raise SearchError(f"source.sq_norms has shape {tuple(sq_norms.shape)}, expected "
+                          f"{(count, height, width)}: rebuild the cache's squared norms")
     indices = check_indices(subset, count, "subset") if subset is not None else np.arange(count)
     if exclude is not None:
         indices = np.setdiff1d(indices, check_indices(exclude, count, "exclude"), assume_unique=True)
@@ -171,7 +176,12 @@ def as_float_tensor(value, name: str) -> torch.Tensor:
     elif isinstance(value, torch.Tensor) and value.is_floating_point():
         return value.detach()
     raise SearchError(f"{name} must be a float numpy array or torch tensor, "
-                      f"got {type(value).__name__} {getattr(value, 'dtype', '')}: convert it with .astype(np.float32)")
+                      f"got {type(value).__name__} {getattr(value, 'dtype', '')}: "
+                      "convert it with .astype(np.float32)")
+
+
+def is_positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def check_indices(values, count: int, name: str) -> np.ndarray:
@@ -194,8 +204,9 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
     Kernel calls hold min(`plan.chunk`, len(indices)) images (the last one padded with zeros) and
     blocks are whole numbers of them, so each image is scored the same way whatever `block` is.
     """
-    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1):
-        raise SearchError(f"block must be a positive number of images, got {block!r}; leave it None for the default")
+    if block is not None and not is_positive_int(block):
+        raise SearchError(f"block must be a positive number of images, got {block!r}: "
+                          "leave it None for the default")
     _, channels, height, width = (int(x) for x in source.shape)
     if block is None:
         block = max(1, READ_BYTES // (channels * height * width * 4))

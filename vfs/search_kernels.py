@@ -3,7 +3,7 @@
 A query region is a set of `cells` (the non-zero weights inside its bounding box of h x w cells).
 The score of the window whose top-left cell is (row, col) in image n is
 
-    sum_cells w * <q_cell, F_n[:, row + i, col + j]>  /  (|q * w| * sqrt(sum_cells w^2 * s_n[row + i, col + j]))
+    sum_cells w^2 <q_cell, F_n[:, row+i, col+j]>  /  (|q * w| * sqrt(sum_cells w^2 s_n[row+i, col+j]))
 
 where s_n is the squared L2 norm of each feature vector of image n (precomputed in a cache, or
 computed here). Two ways to get the dot products, picked per mask by their cost:
@@ -57,7 +57,7 @@ class WindowPlan:
 
 def make_plan(query_box: torch.Tensor, weights_box: torch.Tensor, grid: tuple[int, int], *,
               device: torch.device) -> WindowPlan:
-    """Prepare the search of one cropped query (C, h, w) with its cropped weights (h, w) over maps of `grid`."""
+    """Prepare the search of a cropped query (C, h, w) with its cropped weights (h, w) over maps of `grid`."""
     channels, height, width = query_box.shape
     weighted = query_box.double() * weights_box.double()  # (C, h, w)
     norm = float(torch.linalg.vector_norm(weighted))
@@ -79,7 +79,7 @@ def make_plan(query_box: torch.Tensor, weights_box: torch.Tensor, grid: tuple[in
 
 
 def spread(values: torch.Tensor, cells, grid: tuple[int, int], box: tuple[int, int]) -> torch.Tensor:
-    """Place each cell's vector at its place in every window: (cells, D) -> (H', W', H, W, D), zeros elsewhere."""
+    """Each cell's vector at its place in every window: (cells, D) -> (H', W', H, W, D), zeros elsewhere."""
     rows, cols = grid[0] - box[0] + 1, grid[1] - box[1] + 1
     out = values.new_zeros(rows, cols, grid[0], grid[1], values.shape[1])  # (H', W', H, W, D)
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")  # (H', W') each
@@ -158,8 +158,9 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
         size = min(chunk, n - first)
         part = features[first:first + size]  # (size, C, H, W)
         if not direct or size < chunk:  # convert (or pad) into a buffer reused across chunks
-            buffer = chunk_buffer(plan, part.shape[1:], chunk=chunk, device=device, channels_last=is_channels_last(part))
-            part = fill(buffer, part)  # (chunk, C, H, W)
+            layout = is_channels_last(part)
+            part = fill(chunk_buffer(plan, part.shape[1:], chunk=chunk, device=device, channels_last=layout),
+                        part)  # (chunk, C, H, W)
         if sq_norms is None:
             norms = square_norms(part)  # (chunk, H, W)
         else:
@@ -178,14 +179,16 @@ def fused_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int,
     n, channels = features.shape[:2]
     out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
     if "fused" not in plan.matrices:
-        plan.matrices["fused"] = (plan.columns.cpu().numpy(), window_positions(plan),  # (cells, C), (cells, H'*W')
+        plan.matrices["fused"] = (plan.columns.cpu().numpy(),  # (cells, C)
+                                  window_positions(plan),  # (cells, H'*W')
                                   plan.square_weights.cpu().numpy())  # (cells,)
     columns, positions, square_weights = plan.matrices["fused"]
     for first in range(0, n, chunk):
         part = features[first:first + chunk]  # (size, C, H, W)
         size = part.shape[0]
         if not (part.dtype == torch.float32 and part.device.type == "cpu" and is_channels_last(part)):
-            buffer = chunk_buffer(plan, part.shape[1:], chunk=chunk, device=torch.device("cpu"), channels_last=True)
+            buffer = chunk_buffer(plan, part.shape[1:], chunk=chunk, device=torch.device("cpu"),
+                                  channels_last=True)
             part = buffer[:size].copy_(part)  # (size, C, H, W) float32, stored (size, H, W, C)
         norms = square_norms(part) if sq_norms is None else sq_norms[first:first + size]  # (size, H, W)
         search_numba.fused_scores(
@@ -204,7 +207,8 @@ def window_positions(plan: WindowPlan) -> np.ndarray:
                      for i, j in plan.cells], np.int64)
 
 
-def chunk_buffer(plan: WindowPlan, shape, *, chunk: int, device: torch.device, channels_last: bool) -> torch.Tensor:
+def chunk_buffer(plan: WindowPlan, shape, *, chunk: int, device: torch.device,
+                 channels_last: bool) -> torch.Tensor:
     """A float32 (chunk, C, H, W) buffer in the given memory layout, allocated once per plan."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     key = ("buffer", chunk, layout, device)
