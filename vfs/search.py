@@ -66,9 +66,13 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     if not is_positive_int(per_image):
         raise SearchError(f"per_image must be a positive integer, got {per_image!r}: "
                           "use 1 for the best window per image")
-    plan, indices, device = prepare(query, weights, source, subset=subset, exclude=exclude, device=device)
+    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+    excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
     best = Candidates(k)
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
+        if excluded.size:  # scored with the rest (whole slices read faster than gathers), never returned
+            keep = ~np.isin(chunk_indices, excluded)
+            chunk_indices, scores = chunk_indices[keep], scores[torch.from_numpy(keep).to(scores.device)]
         if per_image == 1:
             top, offsets = scores.max(dim=1, keepdim=True)  # (n, 1) each, first maximum = lowest offset
         else:
@@ -84,7 +88,7 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
 def best_windows(query, weights, source, *, subset=None, block: int | None = None,
                  device=None) -> BestWindows:
     """The best window (score, row, col) of every image of `source`, or of `subset` (ascending)."""
-    plan, indices, device = prepare(query, weights, source, subset=subset, exclude=None, device=device)
+    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
     parts_indices, parts_scores, parts_offsets = [], [], []
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
         top, offsets = scores.max(dim=1)  # (n,) each, first maximum = lowest offset
@@ -122,8 +126,7 @@ class Candidates:
         return zip(self.indices.tolist(), self.scores.tolist(), self.offsets.tolist())
 
 
-def prepare(query, weights, source, *, subset, exclude,
-            device) -> tuple[WindowPlan, np.ndarray, torch.device]:
+def prepare(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.ndarray, torch.device]:
     """Validate the inputs; return the plan, the sorted image indices to scan, and the device."""
     query = as_float_tensor(query, "query")
     if query.ndim != 3:
@@ -158,8 +161,6 @@ def prepare(query, weights, source, *, subset, exclude,
         raise SearchError(f"source.sq_norms has shape {tuple(sq_norms.shape)}, expected "
                           f"{(count, height, width)}: rebuild the cache's squared norms")
     indices = check_indices(subset, count, "subset") if subset is not None else np.arange(count)
-    if exclude is not None:
-        indices = np.setdiff1d(indices, check_indices(exclude, count, "exclude"), assume_unique=True)
     if device is None:
         device = query.device
     device = torch.device(device)
