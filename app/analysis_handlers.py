@@ -108,10 +108,12 @@ def overlay_html(shown: Shown | None) -> str:
             '<p class="vfs-ov-status" style="font-size:12px">Hover over any image.</p></div>')
 
 
-def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None) -> Image.Image:
-    """`image` darkened where `grid` (h, w) cosine is low (1 keeps it bright), the pointed cell outlined."""
+def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *, floor: float) -> Image.Image:
+    """`image` darkened where `grid` (h, w) cosine is low: 1 keeps it bright, `floor` (the lowest cosine
+    shown) is nearly black, as the page script draws it. The pointed cell is outlined."""
     h, w = grid.shape
-    dark = np.clip(1.0 - grid, 0.0, 1.0) * 0.85  # (h, w) opacity of black
+    floor = min(floor, 0.99)
+    dark = np.clip((1.0 - grid) / (1.0 - floor), 0.0, 1.0) * 0.9  # (h, w) opacity of black
     alpha = Image.fromarray((dark * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
     black = Image.new("RGBA", image.size, (0, 0, 0, 0))
     black.putalpha(alpha)
@@ -129,7 +131,8 @@ def overlay_images(shown: Shown, image_index: int, row: int, col: int) -> list[t
     from vfs.overlays import similarity_grids
 
     grids = similarity_grids(shown.features, image_index, row, col)  # (N, h, w)
-    return [(_shade(image, grids[i], (row, col) if i == image_index else None), caption)
+    floor = float(grids.min())
+    return [(_shade(image, grids[i], (row, col) if i == image_index else None, floor=floor), caption)
             for i, (image, caption) in enumerate(zip(shown.images, shown.captions))]
 
 
@@ -142,7 +145,7 @@ def _heat(image: Image.Image, values: np.ndarray, scale: float) -> Image.Image:
     colour = np.zeros((*big.shape, 4), np.uint8)  # (S, S, 4)
     colour[..., 0] = np.where(big > 0, 230, 30)
     colour[..., 2] = np.where(big > 0, 30, 230)
-    colour[..., 3] = (np.abs(big) * 200).astype(np.uint8)
+    colour[..., 3] = (np.abs(big) * 170).astype(np.uint8)
     return Image.alpha_composite(image.convert("RGBA"), Image.fromarray(colour, "RGBA")).convert("RGB")
 
 

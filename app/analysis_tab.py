@@ -18,7 +18,7 @@ from app import analysis_handlers as analysis
 # Runs once in the browser when the HTML component mounts; `element` is its root. Listeners sit on the
 # root, so they survive re-renders of the value; the payload is re-read whenever it changes.
 OVERLAY_JS = r"""
-const memo = { text: null, data: null, bytes: null };
+const memo = { text: null, data: null, bytes: null, started: null };
 function payload() {
   const root = element.querySelector('.vfs-overlays');
   if (!root) return null;
@@ -38,6 +38,10 @@ function paint(image, row, col) {
   const { n, h, w } = m.data;
   const cells = h * w;
   const pointed = image * cells + row * w + col;
+  // shading is stretched from the lowest cosine shown (black) to 1 (untouched)
+  let low = 255;
+  for (let k = pointed * n * cells; k < (pointed + 1) * n * cells; k++) low = Math.min(low, m.bytes[k]);
+  const floor = Math.min(low / 127.5 - 1, 0.99);
   element.querySelectorAll('.vfs-ov-fig').forEach((fig) => {
     const j = Number(fig.dataset.index);
     const canvas = fig.querySelector('canvas');
@@ -48,7 +52,7 @@ function paint(image, row, col) {
     for (let r = 0; r < h; r++) {
       for (let c = 0; c < w; c++) {
         const cosine = m.bytes[base + r * w + c] / 127.5 - 1;
-        const dark = Math.min(Math.max(1 - cosine, 0), 1) * 0.85;
+        const dark = Math.min(Math.max((1 - cosine) / (1 - floor), 0), 1) * 0.9;
         ctx.fillStyle = 'rgba(0,0,0,' + dark.toFixed(3) + ')';
         ctx.fillRect(Math.floor(c * cw), Math.floor(r * ch), Math.ceil(cw), Math.ceil(ch));
       }
@@ -60,7 +64,8 @@ function paint(image, row, col) {
     }
   });
   const status = element.querySelector('.vfs-ov-status');
-  if (status) status.textContent = 'pointing at cell (' + row + ', ' + col + ') of image ' + image;
+  if (status) status.textContent = 'pointing at cell (' + row + ', ' + col + ') of image ' + image +
+    '; black = cosine ' + floor.toFixed(2) + ' (the lowest shown), untouched = 1';
   element.dataset.pointed = image + ',' + row + ',' + col;
 }
 function point(event) {
@@ -75,6 +80,10 @@ function point(event) {
   paint(Number(fig.dataset.index), row, col);
 }
 function start() {
+  // paint the centre of the query once per new content (painting itself mutates the status text)
+  const root = element.querySelector('.vfs-overlays');
+  if (!root || root === memo.started) return;
+  memo.started = root;
   const m = payload();
   if (m) paint(0, Math.floor(m.data.h / 2), Math.floor(m.data.w / 2));
 }
@@ -100,7 +109,8 @@ def build_analysis_tab(ctx) -> None:
                 "results, each shown as the model sees it (its centre crop).")
     with gr.Accordion("Similarity overlays: hover over any image", open=True):
         gr.Markdown("Every cell is shaded by the cosine similarity of its features to the cell under the "
-                    "pointer (yellow): lighter means more similar (Fong et al., Interactive Similarity Overlays).")
+                    "pointer (yellow): lighter means more similar, black is the least similar cell shown "
+                    "(Fong et al., Interactive Similarity Overlays).")
         overlays = gr.HTML(analysis.overlay_html(None), js_on_load=OVERLAY_JS, elem_id="vfs-overlays")
     with gr.Accordion("Overlays by clicking (without the page script)", open=False):
         with gr.Row():
