@@ -280,6 +280,16 @@ def test_exclude_subset_per_image_equal_the_oracle(per_image):
         assert max(per.values()) <= per_image
 
 
+def test_exclude_only_removes_matches():
+    rng = np.random.default_rng(13)
+    features = random_features(rng, (40, 4, 5, 5))
+    weights = weights_of("L", (5, 5), rng)
+    everything = search(features[0], weights, features, k=40, per_image=2)
+    excluded = {0, 5, 39}
+    assert search(features[0], weights, features, k=40, per_image=2, exclude=sorted(excluded)) == [
+        m for m in everything if m.index not in excluded]
+
+
 def test_subset_of_best_windows_and_sparse_reads():
     rng = np.random.default_rng(7)
     features = random_features(rng, (60, 4, 4, 4))
