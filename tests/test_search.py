@@ -284,9 +284,9 @@ def test_exclude_only_removes_matches():
     rng = np.random.default_rng(13)
     features = random_features(rng, (40, 4, 5, 5))
     weights = weights_of("L", (5, 5), rng)
-    everything = search(features[0], weights, features, k=40, per_image=2)
+    everything = search(features[0], weights, features, k=80, per_image=2)  # every candidate
     excluded = {0, 5, 39}
-    assert search(features[0], weights, features, k=40, per_image=2, exclude=sorted(excluded)) == [
+    assert search(features[0], weights, features, k=80, per_image=2, exclude=sorted(excluded)) == [
         m for m in everything if m.index not in excluded]
 
 
