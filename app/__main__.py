@@ -13,22 +13,38 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("VFS_CACHE_DIR", Path.home() / ".cache" / "vfs"))
+DEFAULT_CACHE_DIR = Path(os.environ.get("VFS_CACHE_DIR") or Path.home() / ".cache" / "vfs")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="interface to listen on (0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                        help="folder holding feature caches (env VFS_CACHE_DIR; default ~/.cache/vfs)")
-    parser.add_argument("--share", action="store_true", help="ask gradio for a public share link (off by default)")
-    parser.add_argument("--no-default", action="store_true",
-                        default=os.environ.get("VFS_DEFAULT_CACHES", "1") == "0",
-                        help="do not build the default caches (env VFS_DEFAULT_CACHES=0)")
-    parser.add_argument("--no-hub", action="store_true", default=os.environ.get("VFS_HUB", "1") == "0",
-                        help="do not list Hub caches from the catalog (env VFS_HUB=0)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to listen on (0.0.0.0 for every interface)",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help="folder holding feature caches (env VFS_CACHE_DIR; default ~/.cache/vfs)",
+    )
+    parser.add_argument(
+        "--share", action="store_true", help="ask gradio for a public share link (off by default)"
+    )
+    parser.add_argument(
+        "--no-default",
+        action="store_true",
+        default=os.environ.get("VFS_DEFAULT_CACHES", "1") == "0",
+        help="do not build the default caches (env VFS_DEFAULT_CACHES=0)",
+    )
+    parser.add_argument(
+        "--no-hub",
+        action="store_true",
+        default=os.environ.get("VFS_HUB", "1") == "0",
+        help="do not list Hub caches from the catalog (env VFS_HUB=0)",
+    )
     return parser.parse_args(argv)
 
 
@@ -42,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     library = CacheLibrary(args.cache_dir, hub=not args.no_hub)
     library.refresh()
     build = None if args.no_default else DefaultBuild(args.cache_dir).start()
-    print(f"caches under {args.cache_dir}: {len(library.entries)} found"
-          + ("" if build is None else "; building the default caches in the background"), file=sys.stderr)
+    print(
+        f"caches under {args.cache_dir}: {len(library.entries)} found"
+        + ("" if build is None else "; building the default caches in the background"),
+        file=sys.stderr,
+    )
     launch(library, default_build=build, host=args.host, port=args.port, share=args.share)
     return 0
 

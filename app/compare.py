@@ -15,17 +15,19 @@ from vfs.errors import CacheMismatchError
 
 @dataclass(frozen=True)
 class Comparison:
-    left: Outcome            # the search over the first cache
-    right: Outcome           # the same query over the second cache
-    shared: list[int]        # dataset indices in both top-k lists, in the left's order
+    left: Outcome  # the search over the first cache
+    right: Outcome  # the same query over the second cache
+    shared: list[int]  # dataset indices in both top-k lists, in the left's order
 
     def summary(self, library: CacheLibrary) -> str:
         k = max(len(self.left.matches), len(self.right.matches))
         left_meta = library.open(self.left.query.cache_key).meta
         right_meta = library.open(self.right.query.cache_key).meta
-        return (f"**{len(self.shared)} of the top {k} are shared** (same dataset image). "
-                f"Left: {left_meta.model} `{left_meta.layer}` in {self.left.seconds * 1000:.0f} ms; "
-                f"right: {right_meta.model} `{right_meta.layer}` in {self.right.seconds * 1000:.0f} ms.")
+        return (
+            f"**{len(self.shared)} of the top {k} are shared** (same dataset image). "
+            f"Left: {left_meta.model} `{left_meta.layer}` in {self.left.seconds * 1000:.0f} ms; "
+            f"right: {right_meta.model} `{right_meta.layer}` in {self.right.seconds * 1000:.0f} ms."
+        )
 
 
 def check_comparable(library: CacheLibrary, left_key: str, right_key: str) -> None:
@@ -39,8 +41,16 @@ def check_comparable(library: CacheLibrary, left_key: str, right_key: str) -> No
         )
 
 
-def compare(library: CacheLibrary, left_key: str, right_key: str, value: dict | None,
-            picked: handlers.Picked | None, options: SearchOptions, *, progress=None) -> tuple[Comparison, list[str]]:
+def compare(
+    library: CacheLibrary,
+    left_key: str,
+    right_key: str,
+    value: dict | None,
+    picked: handlers.Picked | None,
+    options: SearchOptions,
+    *,
+    progress=None,
+) -> tuple[Comparison, list[str]]:
     """Search the editor's query (image + mask) in both caches and count the shared top-k images."""
     check_comparable(library, left_key, right_key)
     outcomes, notes = [], []
@@ -49,7 +59,9 @@ def compare(library: CacheLibrary, left_key: str, right_key: str, value: dict | 
         notes.extend(note for note in query_notes if note not in notes)
         step = None
         if progress:
-            step = (lambda fraction, text, side=side: progress(0.5 * side + 0.5 * fraction, f"{key}: {text}"))
+            step = lambda fraction, text, side=side, key=key: progress(
+                0.5 * side + 0.5 * fraction, f"{key}: {text}"
+            )
         outcomes.append(handlers.run_search(library, query, options, progress=step))
     left, right = outcomes
     right_indices = {match.index for match in right.matches}

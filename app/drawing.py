@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHADE = (255, 120, 0)      # cells the mask covers
-WINDOW = (255, 40, 40)     # matched window outline
+SHADE = (255, 120, 0)  # cells the mask covers
+WINDOW = (255, 40, 40)  # matched window outline
 GRID_LINE = (255, 255, 255, 110)
-DIM = 0.45                 # brightness kept outside the region the model sees
-RESULT_SIDE = 192          # results are shown at this longer side (pixels)
-QUERY_SIDE = 384           # dataset images are shown for painting at this longer side
+DIM = 0.45  # brightness kept outside the region the model sees
+RESULT_SIDE = 192  # results are shown at this longer side (pixels)
+QUERY_SIDE = 384  # dataset images are shown for painting at this longer side
 
 
 def upscale(image: Image.Image, *, side: int) -> Image.Image:
@@ -109,15 +109,38 @@ def score_boxplot_spec(scores: np.ndarray, labels: list[str], *, marks: list[dic
     x = {"field": "label", "type": "nominal", "sort": order, "title": None, "axis": {"labelAngle": -35}}
     y_scale = {"zero": False}
     layers = [
-        {"mark": {"type": "rule", "color": "#888"},
-         "encoding": {"x": x, "y": {"field": "low", "type": "quantitative", "scale": y_scale,
-                                    "title": "best-window cosine"}, "y2": {"field": "high"}}},
-        {"mark": {"type": "bar", "size": 18, "color": "#9ab8e0", "stroke": "#4a6fa5"},
-         "encoding": {"x": x, "y": {"field": "q1", "type": "quantitative"}, "y2": {"field": "q3"},
-                      "tooltip": [{"field": "label"}, {"field": "n"}, {"field": "median", "format": ".3f"},
-                                  {"field": "q1", "format": ".3f"}, {"field": "q3", "format": ".3f"}]}},
-        {"mark": {"type": "tick", "color": "#1d3557", "size": 18, "thickness": 2},
-         "encoding": {"x": x, "y": {"field": "median", "type": "quantitative"}}},
+        {
+            "mark": {"type": "rule", "color": "#888"},
+            "encoding": {
+                "x": x,
+                "y": {
+                    "field": "low",
+                    "type": "quantitative",
+                    "scale": y_scale,
+                    "title": "best-window cosine",
+                },
+                "y2": {"field": "high"},
+            },
+        },
+        {
+            "mark": {"type": "bar", "size": 18, "color": "#9ab8e0", "stroke": "#4a6fa5"},
+            "encoding": {
+                "x": x,
+                "y": {"field": "q1", "type": "quantitative"},
+                "y2": {"field": "q3"},
+                "tooltip": [
+                    {"field": "label"},
+                    {"field": "n"},
+                    {"field": "median", "format": ".3f"},
+                    {"field": "q1", "format": ".3f"},
+                    {"field": "q3", "format": ".3f"},
+                ],
+            },
+        },
+        {
+            "mark": {"type": "tick", "color": "#1d3557", "size": 18, "thickness": 2},
+            "encoding": {"x": x, "y": {"field": "median", "type": "quantitative"}},
+        },
     ]
     spec = {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
@@ -129,12 +152,17 @@ def score_boxplot_spec(scores: np.ndarray, labels: list[str], *, marks: list[dic
         "layer": layers,
     }
     if marks:
-        spec["layer"].append({
-            "data": {"name": "marks"},
-            "mark": {"type": "point", "filled": True, "color": WINDOW_HEX, "size": 40},
-            "encoding": {"x": {**x}, "y": {"field": "score", "type": "quantitative"},
-                         "tooltip": [{"field": "rank"}, {"field": "label"}, {"field": "score", "format": ".3f"}]},
-        })
+        spec["layer"].append(
+            {
+                "data": {"name": "marks"},
+                "mark": {"type": "point", "filled": True, "color": WINDOW_HEX, "size": 40},
+                "encoding": {
+                    "x": {**x},
+                    "y": {"field": "score", "type": "quantitative"},
+                    "tooltip": [{"field": "rank"}, {"field": "label"}, {"field": "score", "format": ".3f"}],
+                },
+            }
+        )
     return spec
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from app import drawing
 from vfs.errors import DatasetError
 
-MAX_SIDE = 1024              # an upload with a longer side than this is downscaled to it first
-MAX_PIXELS = 40_000_000      # an upload with more pixels than this is refused
+MAX_SIDE = 1024  # an upload with a longer side than this is downscaled to it first
+MAX_PIXELS = 40_000_000  # an upload with more pixels than this is refused
 
 
 def editor_image(value: dict | np.ndarray | None) -> np.ndarray | None:
@@ -31,7 +31,9 @@ def to_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[..., None]  # (H, W, 1)
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4) or min(pixels.shape[:2]) < 1:
-        raise DatasetError(f"cannot read an image of shape {pixels.shape}: use a PNG or JPEG photo (RGB or grey)")
+        raise DatasetError(
+            f"cannot read an image of shape {pixels.shape}: use a PNG or JPEG photo (RGB or grey)"
+        )
     if pixels.dtype != np.uint8:
         pixels = np.clip(pixels, 0, 255).astype(np.uint8)
     if pixels.shape[2] == 1:
@@ -71,12 +73,15 @@ def editor_mask(value: dict | None, *, shape: tuple[int, int] | None = None) -> 
     if not layers and background is not None and composite is not None:
         background, composite = np.asarray(background), np.asarray(composite)
         if background.shape == composite.shape and background.shape[:2] == tuple(shape):
-            mask |= np.any(background != composite, axis=-1) if background.ndim == 3 else background != composite
+            mask |= (
+                np.any(background != composite, axis=-1) if background.ndim == 3 else background != composite
+            )
     return mask
 
 
-def fit_image(image: np.ndarray, mask: np.ndarray | None = None, *, max_side: int = MAX_SIDE
-              ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+def fit_image(
+    image: np.ndarray, mask: np.ndarray | None = None, *, max_side: int = MAX_SIDE
+) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """Downscale an over-large query (and its mask, nearest) to `max_side`; refuse a huge one.
 
     Returns (image, mask, note) where note says what was done, or None.
@@ -95,7 +100,6 @@ def fit_image(image: np.ndarray, mask: np.ndarray | None = None, *, max_side: in
     if mask is not None:
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return small, mask, f"the image was {width}x{height}; it was downscaled to {size[0]}x{size[1]}"
-
 
 
 def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:

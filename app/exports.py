@@ -18,8 +18,21 @@ from app.library import CacheLibrary
 from app.state import Outcome, SharedState, decode_state, encode_state
 from vfs.errors import DatasetError
 
-COLUMNS = ("rank", "index", "id", "label", "score", "row", "col", "height", "width",
-           "box_top", "box_left", "box_bottom", "box_right")
+COLUMNS = (
+    "rank",
+    "index",
+    "id",
+    "label",
+    "score",
+    "row",
+    "col",
+    "height",
+    "width",
+    "box_top",
+    "box_left",
+    "box_bottom",
+    "box_right",
+)
 
 
 def result_rows(library: CacheLibrary, outcome: Outcome) -> list[dict]:
@@ -32,19 +45,32 @@ def result_rows(library: CacheLibrary, outcome: Outcome) -> list[dict]:
     rows = []
     for rank, match in enumerate(outcome.matches, start=1):
         height, width = (int(v) for v in cache.image_sizes[match.index])
-        top, left, bottom, right = window_to_box(match.row, match.col, match.height, match.width, grid,
-                                                 (height, width), preprocess=preprocess)
-        rows.append({
-            "rank": rank, "index": match.index, "id": cache.ids[match.index],
-            "label": handlers.label_name(cache, match.index), "score": round(float(match.score), 6),
-            "row": match.row, "col": match.col, "height": match.height, "width": match.width,
-            "box_top": round(top, 2), "box_left": round(left, 2), "box_bottom": round(bottom, 2),
-            "box_right": round(right, 2),
-        })
+        top, left, bottom, right = window_to_box(
+            match.row, match.col, match.height, match.width, grid, (height, width), preprocess=preprocess
+        )
+        rows.append(
+            {
+                "rank": rank,
+                "index": match.index,
+                "id": cache.ids[match.index],
+                "label": handlers.label_name(cache, match.index),
+                "score": round(float(match.score), 6),
+                "row": match.row,
+                "col": match.col,
+                "height": match.height,
+                "width": match.width,
+                "box_top": round(top, 2),
+                "box_left": round(left, 2),
+                "box_bottom": round(bottom, 2),
+                "box_right": round(right, 2),
+            }
+        )
     return rows
 
 
-def export_results(library: CacheLibrary, outcome: Outcome, *, folder: Path | None = None) -> tuple[Path, Path]:
+def export_results(
+    library: CacheLibrary, outcome: Outcome, *, folder: Path | None = None
+) -> tuple[Path, Path]:
     """Write the results to `results.json` (with the query and cache) and `results.csv`; return both paths."""
     folder = Path(folder or tempfile.mkdtemp(prefix="vfs-results-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,14 +78,27 @@ def export_results(library: CacheLibrary, outcome: Outcome, *, folder: Path | No
     rows = result_rows(library, outcome)
     meta = cache.meta
     document = {
-        "cache": {"key": outcome.query.cache_key, "model": meta.model, "layer": meta.layer,
-                  "dataset": meta.dataset, "dataset_fingerprint": meta.dataset_fingerprint,
-                  "grid": list(cache.shape[2:]), "count": int(cache.shape[0])},
-        "query": {"index": outcome.query.index, "id": outcome.query.image_id,
-                  "mask_pixels": int(outcome.query.mask.sum()),
-                  "weights": np.round(outcome.weights, 4).tolist()},
-        "options": {"k": outcome.options.k, "exclude_query": outcome.options.exclude_query,
-                    "unique": outcome.options.unique, "only_label": outcome.options.only_label},
+        "cache": {
+            "key": outcome.query.cache_key,
+            "model": meta.model,
+            "layer": meta.layer,
+            "dataset": meta.dataset,
+            "dataset_fingerprint": meta.dataset_fingerprint,
+            "grid": list(cache.shape[2:]),
+            "count": int(cache.shape[0]),
+        },
+        "query": {
+            "index": outcome.query.index,
+            "id": outcome.query.image_id,
+            "mask_pixels": int(outcome.query.mask.sum()),
+            "weights": np.round(outcome.weights, 4).tolist(),
+        },
+        "options": {
+            "k": outcome.options.k,
+            "exclude_query": outcome.options.exclude_query,
+            "unique": outcome.options.unique,
+            "only_label": outcome.options.only_label,
+        },
         "results": rows,
     }
     json_path, csv_path = folder / "results.json", folder / "results.csv"
@@ -80,9 +119,17 @@ def share_string(library: CacheLibrary, outcome: Outcome) -> str:
             "pick the query from the dataset to get a shareable query"
         )
     entry = library.entry(query.cache_key)
-    return encode_state(SharedState(cache_key=query.cache_key, revision=entry.revision, index=query.index,
-                                    image_id=query.image_id, image_size=tuple(query.image.shape[:2]),
-                                    mask=query.mask, options=outcome.options))
+    return encode_state(
+        SharedState(
+            cache_key=query.cache_key,
+            revision=entry.revision,
+            index=query.index,
+            image_id=query.image_id,
+            image_size=tuple(query.image.shape[:2]),
+            mask=query.mask,
+            options=outcome.options,
+        )
+    )
 
 
 def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, handlers.Picked]:

@@ -25,12 +25,13 @@ Progress = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class Picked:
-    cache_key: str    # the cache the image was picked from
-    index: int        # its dataset index there
-    image_id: str     # its id there (checked when another cache of the same dataset is searched)
+    cache_key: str  # the cache the image was picked from
+    index: int  # its dataset index there
+    image_id: str  # its id there (checked when another cache of the same dataset is searched)
 
 
 # ---- dataset images
+
 
 def display_image(cache, index: int) -> np.ndarray:
     """Dataset image `index` as shown for painting: (H, W, 3) uint8 at `drawing.QUERY_SIDE`."""
@@ -41,7 +42,9 @@ def display_image(cache, index: int) -> np.ndarray:
 def check_index(cache, index: int) -> None:
     n = cache.shape[0]
     if not 0 <= int(index) < n:
-        raise DatasetError(f"image index {index} is outside this cache's 0..{n - 1}: pick a number in that range")
+        raise DatasetError(
+            f"image index {index} is outside this cache's 0..{n - 1}: pick a number in that range"
+        )
 
 
 def label_name(cache, index: int) -> str:
@@ -49,8 +52,9 @@ def label_name(cache, index: int) -> str:
     return cache.label_names[label] if 0 <= label < len(cache.label_names) else "unlabelled"
 
 
-def dataset_page(library: CacheLibrary, cache_key: str, page: int, *, per_page: int = 24
-                 ) -> tuple[list[tuple[Image.Image, str]], int]:
+def dataset_page(
+    library: CacheLibrary, cache_key: str, page: int, *, per_page: int = 24
+) -> tuple[list[tuple[Image.Image, str]], int]:
     """Thumbnails of page `page` (0-based, clamped) as (image, "#index"), and the page count."""
     cache = library.open(cache_key)
     n = cache.shape[0]
@@ -65,8 +69,10 @@ def dataset_page(library: CacheLibrary, cache_key: str, page: int, *, per_page: 
 
 # ---- the query
 
-def read_query(library: CacheLibrary, cache_key: str, value: dict | None, picked: Picked | None = None
-               ) -> tuple[Query, list[str]]:
+
+def read_query(
+    library: CacheLibrary, cache_key: str, value: dict | None, picked: Picked | None = None
+) -> tuple[Query, list[str]]:
     """The query in the editor for cache `cache_key`, and notes for the user (e.g. downscaled).
 
     A dataset image keeps its index when the editor still shows it unchanged and `cache_key` holds
@@ -75,16 +81,24 @@ def read_query(library: CacheLibrary, cache_key: str, value: dict | None, picked
     cache = library.open(cache_key)
     image = editor_image(value)
     if image is None:
-        raise DatasetError("there is no query image: pick one from the dataset, upload one, or use an example")
+        raise DatasetError(
+            "there is no query image: pick one from the dataset, upload one, or use an example"
+        )
     mask = editor_mask(value, shape=image.shape[:2])
     notes = []
     image, mask, note = fit_image(image, mask)
     if note:
         notes.append(note)
     if mask is None or not mask.any():
-        raise MaskError("mask is empty: paint over the region you want to search for (the brush is in the editor's toolbar)")
+        raise MaskError(
+            "mask is empty: paint over the region you want to search for (the brush is in the editor's toolbar)"
+        )
     index, image_id = None, None
-    if picked is not None and 0 <= picked.index < cache.shape[0] and cache.ids[picked.index] == picked.image_id:
+    if (
+        picked is not None
+        and 0 <= picked.index < cache.shape[0]
+        and cache.ids[picked.index] == picked.image_id
+    ):
         shown = display_image(cache, picked.index)
         if shown.shape == image.shape and np.array_equal(shown, image):
             index, image_id = picked.index, picked.image_id
@@ -154,8 +168,10 @@ def grid_preview(library: CacheLibrary, cache_key: str, value: dict | None) -> I
 
 # ---- search
 
-def run_search(library: CacheLibrary, query: Query, options: SearchOptions, *,
-               progress: Progress | None = None) -> Outcome:
+
+def run_search(
+    library: CacheLibrary, query: Query, options: SearchOptions, *, progress: Progress | None = None
+) -> Outcome:
     """Score every image's best window for the query, then rank under the options."""
     from vfs import best_windows
 
@@ -169,7 +185,9 @@ def run_search(library: CacheLibrary, query: Query, options: SearchOptions, *,
     subset = None
     if options.only_label:
         if options.only_label not in cache.label_names:
-            raise DatasetError(f"no label {options.only_label!r} in this cache; labels: {', '.join(cache.label_names)}")
+            raise DatasetError(
+                f"no label {options.only_label!r} in this cache; labels: {', '.join(cache.label_names)}"
+            )
         subset = np.flatnonzero(cache.labels == cache.label_names.index(options.only_label))
         if subset.size == 0:
             raise DatasetError(f"no image has the label {options.only_label!r}: pick another label or 'all'")
@@ -183,8 +201,15 @@ def run_search(library: CacheLibrary, query: Query, options: SearchOptions, *,
     best = best_windows(features, weights, cache, subset=subset)
     seconds = time.perf_counter() - start
     matches = rank(best, cache, options, exclude=query.index if options.exclude_query else None)
-    return Outcome(query=query, options=options, matches=matches, best=best, weights=weights,
-                   features=features, seconds=seconds)
+    return Outcome(
+        query=query,
+        options=options,
+        matches=matches,
+        best=best,
+        weights=weights,
+        features=features,
+        seconds=seconds,
+    )
 
 
 def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> list:
@@ -202,15 +227,24 @@ def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> 
             if group in seen:
                 continue
             seen.add(group)
-        matches.append(Match(index=index, score=float(best.scores[position]), row=int(best.rows[position]),
-                             col=int(best.cols[position]), height=int(best.height), width=int(best.width)))
+        matches.append(
+            Match(
+                index=index,
+                score=float(best.scores[position]),
+                row=int(best.rows[position]),
+                col=int(best.cols[position]),
+                height=int(best.height),
+                width=int(best.width),
+            )
+        )
         if len(matches) == options.k:
             break
     return matches
 
 
-def result_items(library: CacheLibrary, outcome: Outcome, *, side: int = drawing.RESULT_SIDE
-                 ) -> list[tuple[Image.Image, str]]:
+def result_items(
+    library: CacheLibrary, outcome: Outcome, *, side: int = drawing.RESULT_SIDE
+) -> list[tuple[Image.Image, str]]:
     """Gallery items: each match's thumbnail with its window outlined, captioned 'rank · label · score'."""
     from vfs import window_to_box
 
@@ -220,9 +254,21 @@ def result_items(library: CacheLibrary, outcome: Outcome, *, side: int = drawing
     items = []
     for rank_, match in enumerate(outcome.matches, start=1):
         thumb = drawing.upscale(cache.thumbnail(match.index), side=side)
-        box = window_to_box(match.row, match.col, match.height, match.width, grid,
-                            (thumb.height, thumb.width), preprocess=preprocess)
-        items.append((drawing.outline_window(thumb, box), f"{rank_} · {label_name(cache, match.index)} · {match.score:.3f}"))
+        box = window_to_box(
+            match.row,
+            match.col,
+            match.height,
+            match.width,
+            grid,
+            (thumb.height, thumb.width),
+            preprocess=preprocess,
+        )
+        items.append(
+            (
+                drawing.outline_window(thumb, box),
+                f"{rank_} · {label_name(cache, match.index)} · {match.score:.3f}",
+            )
+        )
     return items
 
 
@@ -231,8 +277,10 @@ def score_plot(library: CacheLibrary, outcome: Outcome) -> dict:
     cache = library.open(outcome.query.cache_key)
     scores = np.asarray(outcome.best.scores, dtype=np.float64)
     labels = [label_name(cache, int(index)) for index in outcome.best.indices]
-    marks = [{"rank": rank_, "label": label_name(cache, match.index), "score": match.score}
-             for rank_, match in enumerate(outcome.matches, start=1)]
+    marks = [
+        {"rank": rank_, "label": label_name(cache, match.index), "score": match.score}
+        for rank_, match in enumerate(outcome.matches, start=1)
+    ]
     return drawing.score_boxplot_spec(scores, labels, marks=marks)
 
 
@@ -240,5 +288,7 @@ def search_summary(library: CacheLibrary, outcome: Outcome) -> str:
     cache = library.open(outcome.query.cache_key)
     source = f"dataset image #{outcome.query.index}" if outcome.query.index is not None else "uploaded image"
     cells = int(np.count_nonzero(outcome.weights))
-    return (f"{len(outcome.matches)} results for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
-            f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms")
+    return (
+        f"{len(outcome.matches)} results for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
+        f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms"
+    )

@@ -22,10 +22,10 @@ HUB_PREFIX = "hub:"  # keys of Hub caches: "hub:<catalog name>"; local keys are 
 
 @dataclass(frozen=True)
 class CacheEntry:
-    key: str                  # what the dropdown holds: a path relative to root, or "hub:<catalog name>"
-    title: str                # what the dropdown shows
-    path: Path | None         # local folder of the cache; None for a Hub cache not yet opened
-    repo: str | None = None   # catalog name (or repo id) of a Hub cache, for hub_caches.open
+    key: str  # what the dropdown holds: a path relative to root, or "hub:<catalog name>"
+    title: str  # what the dropdown shows
+    path: Path | None  # local folder of the cache; None for a Hub cache not yet opened
+    repo: str | None = None  # catalog name (or repo id) of a Hub cache, for hub_caches.open
     revision: str | None = None  # Hub revision (a commit sha where the catalog pins one)
 
 
@@ -33,8 +33,10 @@ def describe(cache) -> str:
     """One line naming a cache: model, layer, dataset, N, grid and dtype."""
     meta = cache.meta
     n, channels, height, width = cache.shape
-    return (f"{meta.model} · {meta.layer} · {meta.dataset} — {n} images, grid {height}x{width}, "
-            f"{channels} channels, {meta.dtype}")
+    return (
+        f"{meta.model} · {meta.layer} · {meta.dataset} — {n} images, grid {height}x{width}, "
+        f"{channels} channels, {meta.dtype}"
+    )
 
 
 def find_local_caches(root: Path) -> list[Path]:
@@ -74,7 +76,7 @@ class CacheLibrary:
             key = folder.relative_to(self.root).as_posix()
             try:
                 title = describe(open_cache(folder))
-            except Exception as error:  # an unfinished or damaged cache is listed, not fatal
+            except Exception as error:  # noqa: BLE001 -- an unfinished or damaged cache is skipped, not fatal
                 log.warning("skipping cache %s: %s", folder, error)
                 continue
             entries[key] = CacheEntry(key=key, title=title, path=folder)
@@ -156,16 +158,21 @@ def hub_entries() -> list[CacheEntry]:
         from hub_caches.catalog import load_catalog
 
         catalog = load_catalog()
-    except Exception as error:  # no hub_caches, or a broken catalog: the app runs on local caches
+    except Exception as error:  # noqa: BLE001 -- no hub_caches, or a broken catalog: local caches only
         log.info("Hub catalog not available: %s", error)
         return []
     entries = []
     for item in catalog.values():
-        title = (f"Hub: {item.model} · {item.layer} · {item.dataset} — {item.n} images, grid "
-                 f"{item.grid[0]}x{item.grid[1]}, {item.channels} channels, {item.dtype} "
-                 f"({item.size_bytes / 2**20:.0f} MiB download)")
-        entries.append(CacheEntry(key=f"{HUB_PREFIX}{item.name}", title=title, path=None, repo=item.name,
-                                  revision=item.revision))
+        title = (
+            f"Hub: {item.model} · {item.layer} · {item.dataset} — {item.n} images, grid "
+            f"{item.grid[0]}x{item.grid[1]}, {item.channels} channels, {item.dtype} "
+            f"({item.size_bytes / 2**20:.0f} MiB download)"
+        )
+        entries.append(
+            CacheEntry(
+                key=f"{HUB_PREFIX}{item.name}", title=title, path=None, repo=item.name, revision=item.revision
+            )
+        )
     return entries
 
 
@@ -184,7 +191,7 @@ class DefaultBuild:
         self.paths: dict[str, Path] = {}
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "DefaultBuild":
+    def start(self) -> DefaultBuild:
         self._thread = threading.Thread(target=self._run, name="vfs-default-build", daemon=True)
         self._thread.start()
         return self

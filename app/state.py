@@ -20,39 +20,39 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class SearchOptions:
-    k: int = 12                     # how many results to show
-    exclude_query: bool = True      # leave the query image itself out of the results
-    unique: str = "none"            # "none", "label" or "domain": at most one result per label/domain
-    only_label: str | None = None   # keep only images with this label name; None keeps all
+    k: int = 12  # how many results to show
+    exclude_query: bool = True  # leave the query image itself out of the results
+    unique: str = "none"  # "none", "label" or "domain": at most one result per label/domain
+    only_label: str | None = None  # keep only images with this label name; None keeps all
 
 
 @dataclass(frozen=True)
 class Query:
-    cache_key: str                  # library key of the cache searched
+    cache_key: str  # library key of the cache searched
     image: np.ndarray = field(repr=False)  # (H, W, 3) uint8: the pixels painted on, as displayed
-    mask: np.ndarray = field(repr=False)   # (H, W) bool: the painted region, same size as `image`
-    index: int | None = None        # dataset index of the image; None for an upload or example
-    image_id: str | None = None     # the cache's id of that image (stable across caches of one dataset)
+    mask: np.ndarray = field(repr=False)  # (H, W) bool: the painted region, same size as `image`
+    index: int | None = None  # dataset index of the image; None for an upload or example
+    image_id: str | None = None  # the cache's id of that image (stable across caches of one dataset)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    query: Query                    # what was asked
-    options: SearchOptions          # how it was asked
-    matches: list                   # list[vfs.Match], best first, after the options
-    best: object                    # vfs.BestWindows: every scored image's best window and score
-    weights: np.ndarray = field(repr=False)   # (h, w) float32: the mask on the feature grid
+    query: Query  # what was asked
+    options: SearchOptions  # how it was asked
+    matches: list  # list[vfs.Match], best first, after the options
+    best: object  # vfs.BestWindows: every scored image's best window and score
+    weights: np.ndarray = field(repr=False)  # (h, w) float32: the mask on the feature grid
     features: np.ndarray = field(repr=False)  # (C, h, w) float32: the query's features
-    seconds: float = 0.0            # server-side time of the search itself
+    seconds: float = 0.0  # server-side time of the search itself
 
 
 @dataclass(frozen=True)
 class SharedState:
-    cache_key: str                  # library key of the cache
-    revision: str | None            # Hub revision of the cache, None for a local one
-    index: int                      # dataset index of the query image
-    image_id: str | None            # its id (checked on load, so a re-ordered cache is caught)
-    image_size: tuple[int, int]     # (height, width) of the displayed image the mask was painted on
+    cache_key: str  # library key of the cache
+    revision: str | None  # Hub revision of the cache, None for a local one
+    index: int  # dataset index of the query image
+    image_id: str | None  # its id (checked on load, so a re-ordered cache is caught)
+    image_size: tuple[int, int]  # (height, width) of the displayed image the mask was painted on
     mask: np.ndarray = field(repr=False)  # (H, W) bool
     options: SearchOptions = SearchOptions()
 
@@ -97,13 +97,15 @@ def decode_state(text: str) -> SharedState:
             mask=mask,
             options=options,
         )
-    except Exception as error:  # any damage to the string reads the same to the user
+    except Exception as error:  # noqa: BLE001 -- any damage to the string reads the same to the user
         raise DatasetError(
             f"could not read this state string ({type(error).__name__}): copy the whole string "
             "from 'Share this query' and paste it again"
         ) from None
     if version != STATE_VERSION:
-        raise DatasetError(f"state string version {version!r} is not supported; this app reads version {STATE_VERSION}")
+        raise DatasetError(
+            f"state string version {version!r} is not supported; this app reads version {STATE_VERSION}"
+        )
     if options.unique not in UNIQUE_CHOICES:
         raise DatasetError(f"state string asks unique={options.unique!r}; valid: {', '.join(UNIQUE_CHOICES)}")
     return state

@@ -48,7 +48,8 @@ class AnalysisContext:
     query: gr.State          # value: app.state.Query | None, the query of the last search
     results: gr.State        # value: app.state.Outcome | None, the last search: .matches (list[vfs.Match]),
                              # .best (vfs.BestWindows), .weights (h, w), .features (C, h, w), .options
-    searched: object         # the Search event (gradio Dependency): `ctx.searched.then(fn, ...)` runs after each search
+    searched: object         # the Search event (a gradio Dependency): `ctx.searched.then(fn, ...)`
+                             # runs after each search
 
 
 def readable(fn):
@@ -108,16 +109,19 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
 
     # ---- handlers wired below (each through `readable`)
     @readable
-    def pick_cache(key):
+    def pick_cache(key, label):
         if not key:
-            return ("No cache selected.", gr.update(value=[]), 0, "page 1 of 1", gr.update(choices=[ALL_LABELS]),
-                    gr.update())
+            return ("No cache selected.", [], 0, "page 1 of 1", gr.update(choices=[ALL_LABELS]), gr.update())
         cache = library.open(key)
         items, pages = handlers.dataset_page(library, key, 0, per_page=PER_PAGE)
-        info = f"**{library.entry(key).title}**"
+        meta = cache.meta
+        info = (f"**{meta.model}** · layer `{meta.layer}` · **{meta.dataset}** — {cache.shape[0]:,} images · "
+                f"feature grid {cache.shape[2]}x{cache.shape[3]} x {cache.shape[1]} channels · "
+                f"{meta.dtype} · input {meta.input_size} px")
         unique = list(UNIQUE_LABELS) if cache.domains else list(UNIQUE_LABELS)[:2]
-        return (info, items, 0, f"page 1 of {pages}", gr.update(choices=[ALL_LABELS, *cache.label_names],
-                                                                  value=ALL_LABELS), gr.update(choices=unique))
+        label = label if label in cache.label_names else ALL_LABELS  # a loaded state's label survives
+        labels = gr.update(choices=[ALL_LABELS, *cache.label_names], value=label)
+        return info, items, 0, f"page 1 of {pages}", labels, gr.update(choices=unique)
 
     @readable
     def turn_page(key, page, step):
@@ -133,7 +137,8 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         image = handlers.display_image(cache, index)
         picked = handlers.Picked(cache_key=key, index=int(index), image_id=cache.ids[int(index)])
         value = editor_module.editor_value(image)
-        label = f"Dataset image **#{index}** · {handlers.label_name(cache, index)} · id `{cache.ids[int(index)]}`"
+        index = int(index)
+        label = f"Dataset image **#{index}** · {handlers.label_name(cache, index)} · id `{cache.ids[index]}`"
         return value, picked, handlers.grid_preview(library, key, value), label
 
     @readable
@@ -157,7 +162,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         return handlers.grid_preview(library, key, value)
 
     @readable
-    def search(key, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):
+    def search(key, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):  # noqa: B008
         if not key:
             raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
         started = time.perf_counter()
@@ -177,7 +182,8 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         except VFSError as error:
             share = str(error)
         grid = handlers.grid_preview(library, key, value)
-        log.info("search handler: %.3f s in all, %.3f s scoring", time.perf_counter() - started, outcome.seconds)
+        took = time.perf_counter() - started
+        log.info("search handler: %.3f s in all, %.3f s scoring", took, outcome.seconds)
         return items, handlers.search_summary(library, outcome), grid, plot, share, outcome, query
 
     @readable
@@ -191,11 +197,16 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         state, value, picked = exports.load_state(library, text)
         opts = state.options
         unique = {v: k for k, v in UNIQUE_LABELS.items()}[opts.unique]
-        return (state.cache_key, value, picked, opts.k, opts.exclude_query, unique, opts.only_label or ALL_LABELS,
-                handlers.grid_preview(library, state.cache_key, value))
+        cache = library.open(state.cache_key)
+        label = (f"Dataset image **#{state.index}** · {handlers.label_name(cache, state.index)} · id "
+                 f"`{cache.ids[state.index]}` (from a shared state)")
+        grid_image = handlers.grid_preview(library, state.cache_key, value)
+        return (state.cache_key, value, picked, opts.k, opts.exclude_query, unique,
+                opts.only_label or ALL_LABELS, grid_image, label)
 
     @readable
-    def run_compare(left, right, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):
+    def run_compare(left, right, value, k, exclude, unique, only_label, picked,
+                    progress=gr.Progress()):  # noqa: B008
         if not left or not right:
             raise gr.Error("pick two caches to compare (left and right)")
         comparison, notes = compare_.compare(library, left, right, value, picked,
@@ -223,11 +234,12 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         if default_build is None:
             return gr.update(), gr.update(), gr.Timer(active=False)
         if not default_build.done:
-            return f"⏳ Building the default caches (first start only): {default_build.message}", gr.update(), gr.Timer()
+            status = f"⏳ Building the default caches (first start only): {default_build.message}"
+            return status, gr.update(), gr.Timer()
         library.refresh()
         choices = cache_choices()
         status = (f"⚠️ The default cache build failed: {default_build.error}" if default_build.error else "")
-        value = current if current in dict((v, t) for t, v in choices) else (choices[0][1] if choices else None)
+        value = current if current in {v for _, v in choices} else (choices[0][1] if choices else None)
         return status, gr.update(choices=choices, value=value), gr.Timer(active=False)
 
     # ---- layout
@@ -262,17 +274,20 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                                    elem_id="vfs-picked", elem_classes="vfs-small")
                         with gr.Row(equal_height=True):
                             random_button = gr.Button("🎲 Random image", size="sm", elem_id="vfs-random")
-                            index_box = gr.Number(show_label=False, placeholder="image #", precision=0, minimum=0,
-                                                  elem_id="vfs-index", min_width=90, container=False)
+                            index_box = gr.Number(show_label=False, placeholder="image #", precision=0,
+                                                  minimum=0, elem_id="vfs-index", min_width=90,
+                                                  container=False)
                             open_index = gr.Button("Open #", size="sm", elem_id="vfs-open-index")
                         with gr.Accordion("Browse the dataset", open=True):
-                            dataset = gr.Gallery(columns=5, height=240, allow_preview=False, object_fit="contain",
-                                                 elem_id="vfs-dataset", format="png", show_label=False)
+                            dataset = gr.Gallery(columns=5, height=240, allow_preview=False,
+                                                 object_fit="contain", elem_id="vfs-dataset", format="png",
+                                                 show_label=False)
                             with gr.Row(equal_height=True):
                                 prev_page = gr.Button("◀ previous", size="sm", elem_id="vfs-prev")
                                 page_label = gr.Markdown("page 1 of 1", elem_id="vfs-page")
                                 next_page = gr.Button("next ▶", size="sm", elem_id="vfs-next")
-                        gr.Examples(example_images(), inputs=[editor], label="Example photos (uploaded queries)")
+                        gr.Examples(example_images(), inputs=[editor],
+                                    label="Example photos (uploaded queries)")
                     with gr.Column(scale=6):
                         with gr.Group():
                             with gr.Row():
@@ -281,13 +296,16 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                 unique = gr.Radio(list(UNIQUE_LABELS)[:2], value="no limit", label="at most",
                                                   elem_id="vfs-unique", min_width=160)
                             with gr.Row():
-                                only_label = gr.Dropdown([ALL_LABELS], value=ALL_LABELS, label="only images labelled",
+                                only_label = gr.Dropdown([ALL_LABELS], value=ALL_LABELS,
+                                                         label="only images labelled",
                                                          elem_id="vfs-only-label", allow_custom_value=True)
-                                exclude = gr.Checkbox(True, label="exclude the query image", elem_id="vfs-exclude")
+                                exclude = gr.Checkbox(True, label="exclude the query image",
+                                                      elem_id="vfs-exclude")
                         search_button = gr.Button("Search", variant="primary", elem_id="vfs-search")
                         summary = gr.Markdown("", elem_id="vfs-summary", elem_classes="vfs-small")
                         results = gr.Gallery(label="Most similar regions (rank · label · cosine)", columns=4,
-                                             height=560, object_fit="contain", elem_id="vfs-results", format="png")
+                                             height=560, object_fit="contain", elem_id="vfs-results",
+                                             format="png")
                 with gr.Row(equal_height=False):
                     grid = gr.Image(label="What the model sees: the mask on the feature grid", type="pil",
                                     height=320, elem_id="vfs-grid",
@@ -298,8 +316,9 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                     with gr.Row():
                         export_button = gr.Button("Export results (JSON + CSV)", elem_id="vfs-export")
                         files = gr.File(label="files", file_count="multiple", elem_id="vfs-files")
-                    share = gr.Textbox(label="Share this query (paste it in 'Load a state', or add ?state=... "
-                                       "to the URL)", elem_id="vfs-share", buttons=["copy"], lines=2)
+                    share = gr.Textbox(label="Share this query (paste it in 'Load a state', or add "
+                                       "?state=... to the URL)", elem_id="vfs-share", buttons=["copy"],
+                                       lines=2)
                     with gr.Row():
                         state_text = gr.Textbox(label="Load a state", elem_id="vfs-state-text", scale=4)
                         load_button = gr.Button("Load state", elem_id="vfs-load-state", scale=1)
@@ -309,8 +328,8 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                 with gr.Row():
                     left_key = gr.Dropdown(label="left cache", choices=cache_choices(), elem_id="vfs-cache-a",
                                            allow_custom_value=True)
-                    right_key = gr.Dropdown(label="right cache", choices=cache_choices(), elem_id="vfs-cache-b",
-                                            allow_custom_value=True)
+                    right_key = gr.Dropdown(label="right cache", choices=cache_choices(),
+                                            elem_id="vfs-cache-b", allow_custom_value=True)
                 compare_button = gr.Button("Compare", variant="primary", elem_id="vfs-compare")
                 compare_summary = gr.Markdown("", elem_id="vfs-compare-summary")
                 with gr.Row():
@@ -331,27 +350,29 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         # ---- events
         page_outputs = [dataset, page, page_label]
         put_outputs = [editor, picked, grid, picked_label]
-        cache_key.change(pick_cache, [cache_key], [cache_info, dataset, page, page_label, only_label, unique],
-                         api_name="pick_cache")
+        cache_outputs = [cache_info, dataset, page, page_label, only_label, unique]
+        cache_key.change(pick_cache, [cache_key, only_label], cache_outputs, api_name="pick_cache")
         refresh.click(lambda key: (library.refresh(), gr.update(choices=cache_choices(), value=key))[1],
                       [cache_key], [cache_key], api_name=False)
-        prev_page.click(functools.partial(turn_page, step=-1), [cache_key, page], page_outputs, api_name=False)
-        next_page.click(functools.partial(turn_page, step=1), [cache_key, page], page_outputs, api_name=False)
+        for button, step in ((prev_page, -1), (next_page, 1)):
+            turn = functools.partial(turn_page, step=step)
+            button.click(turn, [cache_key, page], page_outputs, api_name=False)
         dataset.select(pick_from_page, [cache_key, page], put_outputs, api_name=False)
         random_button.click(pick_random, [cache_key], put_outputs, api_name="random_image")
         open_index.click(pick_index, [cache_key, index_box], put_outputs, api_name="open_image")
         editor.apply(preview, [cache_key, editor], [grid], api_name=False, show_progress="hidden")
         export_button.click(export, [last], [files], api_name="export")
-        load_button.click(load_state, [state_text],
-                          [cache_key, editor, picked, k, exclude, unique, only_label, grid], api_name="load_state")
-        compare_button.click(run_compare, [left_key, right_key, editor, k, exclude, unique, only_label, picked],
-                             [compare_summary, left_results, right_results], api_name="compare")
+        state_outputs = [cache_key, editor, picked, k, exclude, unique, only_label, grid, picked_label]
+        load_button.click(load_state, [state_text], state_outputs, api_name="load_state")
+        compare_inputs = [left_key, right_key, editor, k, exclude, unique, only_label, picked]
+        compare_button.click(run_compare, compare_inputs, [compare_summary, left_results, right_results],
+                             api_name="compare")
         timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
-            pick_cache, [cache_key], [cache_info, dataset, page, page_label, only_label, unique], api_name=False,
+            pick_cache, [cache_key, only_label], cache_outputs, api_name=False,
         ).then(
-            lambda text: load_state(text) if text else [gr.update()] * 8, [state_text],
-            [cache_key, editor, picked, k, exclude, unique, only_label, grid], api_name=False,
+            lambda text: load_state(text) if text else [gr.update()] * len(state_outputs), [state_text],
+            state_outputs, api_name=False,
         )
     return demo
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,9 @@ def build_small_caches(root: Path) -> dict[str, Path]:
     model = vfs.load_model("efficientnet_lite0")
     paths = {}
     for name, (layer, dataset, size) in SMALL_CACHES.items():
-        paths[name] = vfs.build_cache(model, layer, dataset, Path(root) / name, input_size=size, progress=False)
+        paths[name] = vfs.build_cache(
+            model, layer, dataset, Path(root) / name, input_size=size, progress=False
+        )
     return paths
 
 
@@ -69,22 +71,29 @@ def running_app(cache_dir: Path, *, log_path: Path | None = None, extra_args: tu
     """`python -m app` on a free port over `cache_dir` (no default build, no Hub); yields its URL."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "VFS_HUB": "0"}
-    log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port), "--cache-dir", str(cache_dir), "--no-default",
-         "--no-hub", *extra_args],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url
-    finally:
-        process.terminate()
+    command = [
+        sys.executable,
+        "-m",
+        "app",
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(cache_dir),
+        "--no-default",
+        "--no-hub",
+        *extra_args,
+    ]
+    with ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "w")) if log_path else subprocess.DEVNULL
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if log_path:
-            log.close()
+            wait_ready(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

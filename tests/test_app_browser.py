@@ -12,27 +12,40 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-
 from app_server import REPO, running_app, shared_caches
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
 ARTIFACTS = REPO / "tests" / "artifacts"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium (apt-get install chromium); "
-                                                     "scripts/test installs it"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian chromium (apt-get install chromium); scripts/test installs it",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    caches = shared_caches(tmp_path_factory)
+def caches(tmp_path_factory):
+    return shared_caches(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def url(caches, tmp_path_factory):
     log = tmp_path_factory.mktemp("browser-app") / "server.log"
     with running_app(caches, log_path=log) as url:
         yield url
@@ -44,7 +57,6 @@ def page(url):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(90_000)
-        page.goto(url)
         yield page
         browser.close()
 
@@ -60,10 +72,11 @@ def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
     page.mouse.up()
 
 
-def test_paint_search_and_read_the_gallery(page, tmp_path):
+def test_paint_search_and_read_the_gallery(page, url, tmp_path):
+    page.goto(url)
     page.wait_for_selector("#vfs-dataset .thumbnail-item")
     page.locator("#vfs-dataset .thumbnail-item").nth(5).click()
-    page.wait_for_function("document.querySelector('#vfs-picked').innerText.includes('#5')")
+    page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#5')")
     page.wait_for_selector("#vfs-grid img")
 
     page.locator("#vfs-search").click()  # nothing painted yet: a message, not a trace
@@ -95,3 +108,28 @@ def test_paint_search_and_read_the_gallery(page, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "app-search.png")
     print(f"click -> gallery {seconds:.2f} s in the browser; server: {summary}")
+
+
+def test_state_in_the_url_reproduces_a_query(page, url, caches):
+    from app import exports, handlers
+    from app.editor import editor_value
+    from app.library import CacheLibrary
+    from app.state import SearchOptions
+
+    library = CacheLibrary(caches, hub=False)
+    library.refresh()
+    key = "fmnist-blocks5"
+    cache = library.open(key)
+    image = handlers.display_image(cache, 7)
+    mask = np.zeros(image.shape[:2], bool)
+    mask[150:330, 40:200] = True
+    picked = handlers.Picked(cache_key=key, index=7, image_id=cache.ids[7])
+    query, _ = handlers.read_query(library, key, editor_value(image, mask), picked)
+    outcome = handlers.run_search(library, query, SearchOptions(k=5, unique="label"))
+    expected = [caption for _, caption in handlers.result_items(library, outcome)]
+
+    page.goto(f"{url}/?state={exports.share_string(library, outcome)}")
+    page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#7')")
+    page.locator("#vfs-search").click()
+    page.wait_for_function("document.querySelectorAll('#vfs-results .caption-label').length == 5")
+    assert [c.strip() for c in page.locator("#vfs-results .caption-label").all_inner_texts()] == expected

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+from app_server import running_app, shared_caches
 from PIL import Image
 
 from app import editor, handlers
 from app.library import CacheLibrary
 from app.state import SearchOptions
-from app_server import running_app, shared_caches
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in requirements-dev.txt")
 pytestmark = pytest.mark.slow  # starts a server (10-25 s here)
@@ -40,7 +41,12 @@ def editor_argument(image: np.ndarray, mask: np.ndarray, folder) -> dict:
     rgba[mask] = (255, 120, 0, 255)
     Image.fromarray(rgba).save(layer)
     handle = gradio_client.handle_file
-    return {"background": handle(str(background)), "layers": [handle(str(layer))], "composite": None, "id": None}
+    return {
+        "background": handle(str(background)),
+        "layers": [handle(str(layer))],
+        "composite": None,
+        "id": None,
+    }
 
 
 def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
@@ -50,8 +56,9 @@ def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
     image = handlers.display_image(cache, 7)
     mask = np.zeros(image.shape[:2], bool)
     mask[60:260, 80:300] = True
-    gallery, summary, *_ = client.predict(FMNIST, editor_argument(image, mask, tmp_path), 6, True, "no limit",
-                                          "all labels", api_name="/search")
+    gallery, summary, *_ = client.predict(
+        FMNIST, editor_argument(image, mask, tmp_path), 6, True, "no limit", "all labels", api_name="/search"
+    )
     # oracle: the same pixels through the handlers in this process (an API call has no pick: an upload)
     query, _ = handlers.read_query(library, FMNIST, editor.editor_value(image, mask), None)
     expected = handlers.run_search(library, query, SearchOptions(k=6))
@@ -68,8 +75,15 @@ def test_empty_mask_is_a_message_not_a_trace(client, caches, tmp_path):
     cache.refresh()
     image = handlers.display_image(cache.open(FMNIST), 0)
     with pytest.raises(gradio_client.exceptions.AppError, match="mask is empty"):
-        client.predict(FMNIST, editor_argument(image, np.zeros(image.shape[:2], bool), tmp_path), 6, True,
-                       "no limit", "all labels", api_name="/search")
+        client.predict(
+            FMNIST,
+            editor_argument(image, np.zeros(image.shape[:2], bool), tmp_path),
+            6,
+            True,
+            "no limit",
+            "all labels",
+            api_name="/search",
+        )
 
 
 def test_picked_query_is_shared_and_loads_back(client, caches, tmp_path):
@@ -79,10 +93,58 @@ def test_picked_query_is_shared_and_loads_back(client, caches, tmp_path):
     client.predict(FMNIST, 12, api_name="/open_image")  # the session now holds the pick
     mask = np.zeros(image.shape[:2], bool)
     mask[100:300, 50:200] = True
-    gallery, summary, _, _, share = client.predict(FMNIST, editor_argument(image, mask, tmp_path), 4, True,
-                                                   "one per label", "all labels", api_name="/search")
+    _, summary, _, _, share = client.predict(
+        FMNIST,
+        editor_argument(image, mask, tmp_path),
+        4,
+        True,
+        "one per label",
+        "all labels",
+        api_name="/search",
+    )
     assert "dataset image #12" in summary
-    key, value, k, exclude, unique, only_label, _ = client.predict(share, api_name="/load_state")
+    key, value, k, exclude, unique, only_label, _, picked = client.predict(share, api_name="/load_state")
     assert (key, k, exclude, unique, only_label) == (FMNIST, 4, True, "one per label", "all labels")
+    assert "#12" in picked
     layer = np.asarray(Image.open(value["layers"][0]))  # the client hands back downloaded file paths
     assert np.array_equal(layer[..., 3] > 0, mask)
+
+
+def test_compare_and_export_endpoints(client, caches, tmp_path):
+    library = CacheLibrary(caches, hub=False)
+    library.refresh()
+    image = editor.to_rgb(np.asarray(Image.open(handlers_photo(tmp_path))))
+    mask = np.zeros(image.shape[:2], bool)
+    mask[40:200, 60:260] = True
+    argument = editor_argument(image, mask, tmp_path)
+    summary, left, right = client.predict(
+        "fmnist-blocks5", "fmnist-blocks3", argument, 5, True, "no limit", "all labels", api_name="/compare"
+    )
+    left_ranks = [CAPTION.match(item["caption"].removesuffix(" · shared")) for item in left]
+    assert len(left) == len(right) == 5 and all(left_ranks)
+    shared = sum(item["caption"].endswith(" · shared") for item in left)
+    assert f"**{shared} of the top 5 are shared**" in summary
+    with pytest.raises(gradio_client.exceptions.AppError, match="different datasets"):
+        client.predict(
+            "fmnist-blocks5",
+            "photos-blocks5",
+            argument,
+            5,
+            True,
+            "no limit",
+            "all labels",
+            api_name="/compare",
+        )
+    client.predict(FMNIST, argument, 5, True, "no limit", "all labels", api_name="/search")
+    files = client.predict(api_name="/export")
+    rows = Path(next(f for f in files if f.endswith(".csv"))).read_text().splitlines()
+    assert rows[0].startswith("rank,index,id,label,score") and len(rows) == 6
+
+
+def handlers_photo(folder) -> Path:
+    """An upload that is in no cache: a grey gradient with a bright square."""
+    pixels = np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (240, 1))  # (240, 300)
+    pixels[60:160, 100:200] = 255
+    path = folder / "upload.png"
+    Image.fromarray(pixels).save(path)
+    return path

@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from app_server import shared_caches
 
 import vfs
 from app import compare, drawing, editor, exports, handlers
 from app.library import CacheLibrary
 from app.state import SearchOptions, SharedState, decode_state, encode_state
-from app_server import shared_caches
 from vfs.search import search  # `vfs.search` names the module once it is imported (see report)
 
 FMNIST, FMNIST3, PHOTOS = "fmnist-blocks5", "fmnist-blocks3", "photos-blocks5"
@@ -45,6 +45,7 @@ def dataset_value(library, key, index, box):
 
 
 # ---- editor values
+
 
 def test_mask_is_the_or_of_layer_alphas():
     image = np.zeros((20, 30, 3), np.uint8)
@@ -127,6 +128,7 @@ def test_huge_images_are_refused(monkeypatch):
 
 # ---- queries
 
+
 def test_empty_mask_is_a_readable_error(library):
     value, picked = dataset_value(library, FMNIST, 3, (0, 0, 0, 0))
     with pytest.raises(vfs.MaskError, match="mask is empty"):
@@ -154,6 +156,7 @@ def test_dataset_image_keeps_its_index_until_the_image_changes(library):
 
 # ---- search
 
+
 def test_ranking_equals_vfs_search(library):
     value, picked = dataset_value(library, FMNIST, 7, (60, 60, 260, 300))
     query, _ = handlers.read_query(library, FMNIST, value, picked)
@@ -162,8 +165,9 @@ def test_ranking_equals_vfs_search(library):
     expected = search(cache[7], outcome.weights, cache, k=10, exclude=[7])
     assert [m.index for m in outcome.matches] == [m.index for m in expected]
     np.testing.assert_allclose([m.score for m in outcome.matches], [m.score for m in expected], atol=1e-5)
-    assert [(m.row, m.col, m.height, m.width) for m in outcome.matches] == \
-        [(m.row, m.col, m.height, m.width) for m in expected]
+    assert [(m.row, m.col, m.height, m.width) for m in outcome.matches] == [
+        (m.row, m.col, m.height, m.width) for m in expected
+    ]
 
 
 def test_the_query_finds_itself_first_with_score_one(library):
@@ -181,7 +185,11 @@ def test_unique_labels_keep_each_labels_best(library):
     labels = [int(cache.labels[m.index]) for m in outcome.matches]
     assert len(labels) == len(set(labels)) == len(set(cache.labels.tolist()))
     for match, label in zip(outcome.matches, labels):  # naive oracle: the best score of that label
-        others = [s for i, s in zip(outcome.best.indices, outcome.best.scores) if cache.labels[i] == label and i != 2]
+        others = [
+            s
+            for i, s in zip(outcome.best.indices, outcome.best.scores)
+            if cache.labels[i] == label and i != 2
+        ]
         assert match.score == pytest.approx(max(others))
 
 
@@ -189,7 +197,9 @@ def test_only_label_searches_that_label_only(library):
     value, picked = dataset_value(library, FMNIST, 2, (50, 50, 250, 250))
     query, _ = handlers.read_query(library, FMNIST, value, picked)
     cache = library.open(FMNIST)
-    outcome = handlers.run_search(library, query, SearchOptions(k=48, exclude_query=False, only_label="Trouser"))
+    outcome = handlers.run_search(
+        library, query, SearchOptions(k=48, exclude_query=False, only_label="Trouser")
+    )
     wanted = int(np.sum(cache.labels == cache.label_names.index("Trouser")))
     assert len(outcome.matches) == wanted == outcome.best.scores.size
     assert all(handlers.label_name(cache, m.index) == "Trouser" for m in outcome.matches)
@@ -227,9 +237,15 @@ def test_results_show_the_window_outlined(library):
     preprocess = library.preprocess(cache)
     for rank, ((image, caption), match) in enumerate(zip(items, outcome.matches), start=1):
         assert caption == f"{rank} · {handlers.label_name(cache, match.index)} · {match.score:.3f}"
-        top, left, bottom, right = vfs.window_to_box(match.row, match.col, match.height, match.width,
-                                                     cache.shape[2:], (image.height, image.width),
-                                                     preprocess=preprocess)
+        top, left, _, right = vfs.window_to_box(
+            match.row,
+            match.col,
+            match.height,
+            match.width,
+            cache.shape[2:],
+            (image.height, image.width),
+            preprocess=preprocess,
+        )
         pixels = np.asarray(image)
         assert tuple(pixels[int(top) + 1, int((left + right) / 2)]) == drawing.WINDOW
 
@@ -259,6 +275,7 @@ def test_grid_preview_and_dataset_pages(library):
 
 # ---- files and states
 
+
 def test_exports_round_trip(library, tmp_path):
     value, picked = dataset_value(library, FMNIST, 1, (80, 80, 240, 240))
     query, _ = handlers.read_query(library, FMNIST, value, picked)
@@ -268,15 +285,24 @@ def test_exports_round_trip(library, tmp_path):
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["index"] for r in document["results"]] == [m.index for m in outcome.matches]
     assert [int(r["index"]) for r in rows] == [m.index for m in outcome.matches]
-    np.testing.assert_allclose([float(r["score"]) for r in rows], [m.score for m in outcome.matches], atol=1e-6)
+    np.testing.assert_allclose(
+        [float(r["score"]) for r in rows], [m.score for m in outcome.matches], atol=1e-6
+    )
     assert document["cache"]["model"] == "efficientnet_lite0"
 
 
 def test_state_string_round_trip():
     rng = np.random.default_rng(0)
     mask = rng.random((37, 51)) > 0.7
-    state = SharedState(cache_key="a/b", revision=None, index=3, image_id="x", image_size=(37, 51), mask=mask,
-                        options=SearchOptions(k=7, exclude_query=False, unique="label", only_label="Bag"))
+    state = SharedState(
+        cache_key="a/b",
+        revision=None,
+        index=3,
+        image_id="x",
+        image_size=(37, 51),
+        mask=mask,
+        options=SearchOptions(k=7, exclude_query=False, unique="label", only_label="Bag"),
+    )
     back = decode_state(encode_state(state))
     assert np.array_equal(back.mask, mask)
     assert (back.cache_key, back.index, back.image_id, back.options) == ("a/b", 3, "x", state.options)
