@@ -24,10 +24,21 @@ class Comparison:
         left_meta = library.open(self.left.query.cache_key).meta
         right_meta = library.open(self.right.query.cache_key).meta
         return (
-            f"**{len(self.shared)} of the top {k} are shared** (same dataset image). "
+            f"**{len(self.shared)} of the top {k} are shared** (same dataset image, starred ★). "
             f"Left: {left_meta.model} `{left_meta.layer}` in {self.left.seconds * 1000:.0f} ms; "
             f"right: {right_meta.model} `{right_meta.layer}` in {self.right.seconds * 1000:.0f} ms."
         )
+
+
+    def items(self, library: CacheLibrary) -> tuple[list, list]:
+        """Both galleries' (image, caption) items; a result in both lists is starred: "★ 3 · Bag · 0.512"."""
+        shared = set(self.shared)
+        sides = []
+        for outcome in (self.left, self.right):
+            items = handlers.result_items(library, outcome)
+            marks = ["★ " if match.index in shared else "" for match in outcome.matches]
+            sides.append([(image, mark + caption) for (image, caption), mark in zip(items, marks, strict=True)])
+        return sides[0], sides[1]
 
 
 def check_comparable(library: CacheLibrary, left_key: str, right_key: str) -> None:

@@ -197,10 +197,15 @@ class DefaultBuild:
         return self
 
     def report(self, *args, **kwargs) -> None:
-        """Progress callback: keeps the latest report as one line of text."""
+        """Progress callback: keeps the latest report as one line of text.
+
+        Takes what the builders report: `(fraction, message)`, `(done, total, ...)` or any values.
+        """
         parts = [str(arg) for arg in args] + [f"{key}={value}" for key, value in kwargs.items()]
         if len(args) >= 2 and all(isinstance(arg, int) for arg in args[:2]) and args[1]:
-            parts = [f"{args[0]}/{args[1]} ({100 * args[0] / args[1]:.0f}%)"] + [str(arg) for arg in args[2:]]
+            parts = [f"{args[0]}/{args[1]} ({args[0] / args[1]:.0%})", *map(str, args[2:])]
+        elif args and isinstance(args[0], float) and 0 <= args[0] <= 1:
+            parts = [f"{args[0]:.0%}", *map(str, args[1:])]
         self.message = " ".join(parts)
 
     def _run(self) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PER_PAGE = 24
 UNIQUE_LABELS = {"no limit": "none", "one per label": "label", "one per domain": "domain"}
 ALL_LABELS = "all labels"
+MAX_UPLOAD = "30mb"  # gradio refuses bigger uploads before they reach a handler
 
 
 @dataclass(frozen=True)
@@ -214,13 +215,9 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                              progress=lambda fraction, text: progress(fraction, desc=text))
         for note in notes:
             gr.Warning(note)
-        shared = set(comparison.shared)
-        sides = []
-        for outcome in (comparison.left, comparison.right):
-            items = handlers.result_items(library, outcome)
-            sides.append([(image, caption + (" · shared" if match.index in shared else ""))
-                          for (image, caption), match in zip(items, outcome.matches)])
-        return comparison.summary(library), sides[0], sides[1]
+        left_items, right_items = comparison.items(library)
+        grids = [handlers.grid_preview(library, key, value) for key in (left, right)]
+        return comparison.summary(library), *grids, left_items, right_items
 
     def on_load(request: gr.Request):
         library.refresh()
@@ -333,6 +330,11 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                 compare_button = gr.Button("Compare", variant="primary", elem_id="vfs-compare")
                 compare_summary = gr.Markdown("", elem_id="vfs-compare-summary")
                 with gr.Row():
+                    left_grid = gr.Image(label="what the left model sees", type="pil", height=220,
+                                         interactive=False, elem_id="vfs-grid-a")
+                    right_grid = gr.Image(label="what the right model sees", type="pil", height=220,
+                                          interactive=False, elem_id="vfs-grid-b")
+                with gr.Row():
                     left_results = gr.Gallery(label="left", columns=3, height=520, elem_id="vfs-results-a",
                                               object_fit="contain", format="png")
                     right_results = gr.Gallery(label="right", columns=3, height=520, elem_id="vfs-results-b",
@@ -365,8 +367,8 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         state_outputs = [cache_key, editor, picked, k, exclude, unique, only_label, grid, picked_label]
         load_button.click(load_state, [state_text], state_outputs, api_name="load_state")
         compare_inputs = [left_key, right_key, editor, k, exclude, unique, only_label, picked]
-        compare_button.click(run_compare, compare_inputs, [compare_summary, left_results, right_results],
-                             api_name="compare")
+        compare_outputs = [compare_summary, left_grid, right_grid, left_results, right_results]
+        compare_button.click(run_compare, compare_inputs, compare_outputs, api_name="compare")
         timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
             pick_cache, [cache_key, only_label], cache_outputs, api_name=False,
@@ -400,4 +402,4 @@ def launch(library: CacheLibrary, *, default_build: DefaultBuild | None = None, 
     demo = build(library, default_build=default_build)
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
-                show_error=True, **kwargs)
+                max_file_size=MAX_UPLOAD, show_error=True, **kwargs)

@@ -117,12 +117,13 @@ def test_compare_and_export_endpoints(client, caches, tmp_path):
     mask = np.zeros(image.shape[:2], bool)
     mask[40:200, 60:260] = True
     argument = editor_argument(image, mask, tmp_path)
-    summary, left, right = client.predict(
+    summary, _, _, left, right = client.predict(
         "fmnist-blocks5", "fmnist-blocks3", argument, 5, True, "no limit", "all labels", api_name="/compare"
     )
-    left_ranks = [CAPTION.match(item["caption"].removesuffix(" · shared")) for item in left]
+    left_ranks = [CAPTION.match(item["caption"].removeprefix("★ ")) for item in left]
     assert len(left) == len(right) == 5 and all(left_ranks)
-    shared = sum(item["caption"].endswith(" · shared") for item in left)
+    shared = sum(item["caption"].startswith("★ ") for item in left)
+    assert shared == sum(item["caption"].startswith("★ ") for item in right)
     assert f"**{shared} of the top 5 are shared**" in summary
     with pytest.raises(gradio_client.exceptions.AppError, match="different datasets"):
         client.predict(

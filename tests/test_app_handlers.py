@@ -334,5 +334,8 @@ def test_compare_counts_shared_results(library):
     layers, _ = compare.compare(library, FMNIST, FMNIST3, value, picked, SearchOptions(k=5))
     right = {m.index for m in layers.right.matches}
     assert layers.shared == [m.index for m in layers.left.matches if m.index in right]
+    left_items, right_items = layers.items(library)
+    for items in (left_items, right_items):
+        assert sum(caption.startswith("★ ") for _, caption in items) == len(layers.shared)
     with pytest.raises(vfs.CacheMismatchError, match="different datasets"):
         compare.compare(library, FMNIST, PHOTOS, value, picked, SearchOptions(k=5))
