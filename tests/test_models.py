@@ -193,3 +193,14 @@ def test_preprocess_equals_timms_eval_transform(lite0):
         grey = photo if photo.ndim == 2 else photo.mean(axis=2).round().astype("uint8")
         batch = lite0.preprocess([grey, grey / 255.0])  # uint8 via PIL, float via torch: a few 1/255 apart
         assert batch.shape == (2, 3, 224, 224) and (batch[0] - batch[1]).abs().mean() < 0.02
+
+
+def test_bad_preprocess_settings_and_images_say_what_is_valid():
+    from vfs.errors import DatasetError
+
+    with pytest.raises(ModelError, match="1 <= crop <= size"):
+        Preprocess(size=200, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(ModelError, match="bicubic"):
+        Preprocess(size=256, crop=224, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="lanczos")
+    with pytest.raises(DatasetError, match="PIL images"):
+        Preprocess(size=8, crop=8, mean=(0.5,) * 3, std=(0.5,) * 3)(torch.zeros(5, 8, 8))

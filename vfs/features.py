@@ -68,10 +68,10 @@ class FeatureExtractor:
         self.preprocess = preprocess  # None: only preprocessed (B, 3, H, W) float tensors are accepted
         self.batch_size = batch_size  # images per forward pass
         self._target = get_layer(module, layer)
-        if device is not None:
+        if device is not None:  # moves the module there; None keeps it where it is
             module.to(device)
         parameter = next(module.parameters(), None)
-        self.device = torch.device(device) if device is not None else (parameter.device if parameter is not None else torch.device("cpu"))
+        self.device = parameter.device if parameter is not None else torch.device(device or "cpu")
 
     def __call__(self, images) -> torch.Tensor:
         """PIL images, uint8 arrays, or preprocessed (B, 3, H, W) float tensors -> (N, C, H, W) float32 on CPU.
@@ -79,8 +79,8 @@ class FeatureExtractor:
         The module is put in eval mode and run under `torch.inference_mode()`.
         """
         self.module.eval()
-        batches = [self._pixels(chunk) for chunk in _chunks(images, self.batch_size)]
-        return torch.cat([self._features(pixels) for pixels in batches]) if len(batches) != 1 else self._features(batches[0])
+        parts = [self._features(self._pixels(chunk)) for chunk in _chunks(images, self.batch_size)]  # (b, C, h, w)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # (N, C, h, w)
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         output = run_to_layer(self.module, self._target, pixels.to(self.device), layer=self.layer)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vfs.errors import MaskError
+from vfs.errors import DatasetError, MaskError, ModelError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -34,9 +34,12 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.crop < 1 or self.size < self.crop:
-            raise ValueError(f"Preprocess needs 1 <= crop <= size, got size={self.size}, crop={self.crop}")
+            raise ModelError(
+                f"Preprocess needs 1 <= crop <= size, got size={self.size}, crop={self.crop}: the shorter side is "
+                "resized to `size` first, then a `crop` square is cut from its middle"
+            )
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+            raise ModelError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}: pick one of those")
 
     def __call__(self, images) -> torch.Tensor:
         """PIL image(s), (H, W, 3) uint8 array(s), (B, H, W, 3) array, or (3, H, W) tensor(s) -> (B, 3, crop, crop).
@@ -47,7 +50,7 @@ class Preprocess:
         """
         batch = [self._one(image) for image in _as_list(images)]  # each (3, crop, crop)
         if not batch:
-            raise ValueError("no images to preprocess: pass at least one image")
+            raise DatasetError("no images to preprocess: pass at least one image")
         pixels = torch.stack(batch)  # (B, 3, crop, crop) in [0, 1]
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -56,7 +59,7 @@ class Preprocess:
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) after resizing the shorter side to `size` (longer side truncated, as torchvision)."""
         if height < 1 or width < 1:
-            raise ValueError(f"image size must be positive, got {height}x{width}")
+            raise DatasetError(f"image size must be positive, got {height}x{width}: pass a non-empty image")
         if height <= width:
             return self.size, int(self.size * width / height)
         return int(self.size * height / width), self.size
@@ -104,7 +107,7 @@ class Preprocess:
             array = np.asarray(image, dtype=np.float32) / 255.0  # (crop, crop, 3)
             return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, crop, crop)
         if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(
+            raise DatasetError(
                 f"cannot preprocess {type(image).__name__} of shape {getattr(image, 'shape', None)}: "
                 "pass PIL images, (H, W, 3) uint8 arrays or (3, H, W) tensors"
             )
