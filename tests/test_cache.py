@@ -114,13 +114,13 @@ import os, signal, torch
 torch.set_num_threads(2)
 import vfs.cache_build as cb
 original, calls = cb._write_block, []
-def write_then_die(group, meta, block, items, features):
+def write_then_die(group, meta, block, items, features, thumbnails):
     calls.append(block)
     if len(calls) == {after + 1}:  # a torn block: garbage features written, no progress row
         start = block * meta.shard_size
         group["features"][start:start + len(items)] = features.numpy() * 0 + 7
         os.kill(os.getpid(), signal.SIGKILL)
-    original(group, meta, block, items, features)
+    original(group, meta, block, items, features, thumbnails)
 cb._write_block = write_then_die
 cb.build_cache("efficientnet_lite0", "{LAYER}", "{SPEC}", r"{out}", input_size={SIZE}, shard_size={SHARD},
                batch_size={BATCH}, progress=False)
@@ -247,3 +247,26 @@ def test_array_dataset_build_is_deterministic(model, tmp_path):
     assert a.dtype == np.float32
     np.testing.assert_allclose(a[:], b[:], rtol=1e-4, atol=1e-4)  # other batches: rounding only
     np.testing.assert_allclose(a.sq_norms[:], (a[:].astype(np.float64) ** 2).sum(1), rtol=1e-5)
+
+
+def test_default_caches_build_once_then_reuse(tmp_path, monkeypatch):
+    import vfs.default_cache as default_cache
+
+    monkeypatch.setattr(default_cache, "DEFAULTS", {
+        "fashion-mnist": default_cache.DefaultCache("fashion-mnist:test[:24]", "blocks.4", 64, 64),
+        "skimage-photos": default_cache.DefaultCache("skimage-photos[:3]", "blocks.4", 64, None),
+    })
+    monkeypatch.setenv("VFS_CACHE_DIR", str(tmp_path / "env-root"))
+    assert default_cache.default_root() == tmp_path / "env-root"
+    calls = []
+    paths = default_cache.ensure_default_caches(tmp_path, progress=lambda f, m: calls.append((f, m)))
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(calls) > 3
+    fmnist = open_cache(paths["fashion-mnist"], model="efficientnet_lite0", layer="blocks.4")
+    assert fmnist.shape == (24, 112, 4, 4) and fmnist.meta.preprocess["size"] == 64  # whole 28 px images
+    assert len(open_cache(paths["skimage-photos"])) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    calls.clear()
+    assert default_cache.ensure_default_caches(tmp_path, progress=lambda f, m: calls.append((f, m))) == paths
+    assert calls == [(1.0, "default caches ready")]
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps

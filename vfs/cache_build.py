@@ -42,15 +42,15 @@ Progress = bool | Callable[[float, str], None]
 
 def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | Path, *,
                 dtype: str = "float16", batch_size: int = 32, input_size: int | None = None,
-                codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
+                resize: int | None = None, codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
                 thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False) -> Path:
     """Build the cache of `dataset`'s features at `layer` of `model` into the folder `out`; return `out`.
 
     `model` is a `LoadedModel` or a name for `load_model`; `dataset` an `ImageDataset` or a spec for
-    `open_dataset`. `input_size` sets the square side the model sees (the shorter side is resized in
-    the model's own resize/crop ratio). An unfinished cache at `out` built the same way is resumed; a
-    finished one is returned as is; one built differently raises `CacheMismatchError` unless
-    `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
+    `open_dataset`. `input_size` sets the square side the model sees; the shorter side is first resized
+    to `resize` (default: in the model's own resize/crop ratio; `resize=input_size` keeps whole squares).
+    An unfinished cache at `out` built the same way is resumed; a finished one is returned as is; one
+    built differently raises `CacheMismatchError` unless `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
     """
     from vfs.features import FeatureExtractor
     from vfs.models import load_model
@@ -64,8 +64,8 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     if len(data) == 0:
         raise DatasetError(f"dataset {data.name!r} has no images: nothing to build")
     preprocess = loaded.preprocess
-    if input_size is not None:
-        preprocess = replace(preprocess, size=round(input_size * preprocess.size / preprocess.crop), crop=input_size)
+    crop = input_size or preprocess.crop
+    preprocess = replace(preprocess, size=resize or round(crop * preprocess.size / preprocess.crop), crop=crop)
     extractor = FeatureExtractor(loaded.module, layer, batch_size=batch_size)
     with torch.inference_mode():
         probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop))  # (1, C, H, W)
@@ -88,16 +88,23 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
         todo = [block for block in range(meta.blocks) if not done[block]]
         reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
         try:
-            for block, items, images in _prefetch(data, meta, preprocess, todo, batch_size=batch_size):
-                _write_block(group, meta, block, items, _extract(extractor, images, dtype))
+            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo, batch_size=batch_size):
+                _write_block(group, meta, block, items, _extract(extractor, images, dtype), thumbnails)
                 reporter.advance(len(items))
         finally:
             reporter.close()
-        nbytes = group["progress"][:]  # (blocks, arrays)
-        finished = replace(meta, status="complete", finished=_now())
-        group.attrs.update({"vfs_cache": finished.to_attrs(),
-                            "block_nbytes": {name: nbytes[:, i].tolist() for i, name in enumerate(arrays)}})
+        _finish(group, meta)
     return out
+
+
+def _finish(group: zarr.Group, meta: CacheMeta) -> None:
+    """Mark a cache whose every block is written complete, with the byte size of every block file."""
+    nbytes = group["progress"][:]  # (blocks, arrays)
+    if not nbytes.all():
+        raise RuntimeError(f"internal: blocks {np.flatnonzero(~nbytes.all(axis=1)).tolist()} are not written")
+    finished = replace(meta, status="complete", finished=_now())
+    group.attrs.update({"vfs_cache": finished.to_attrs(),
+                        "block_nbytes": {name: nbytes[:, i].tolist() for i, name in enumerate(meta.arrays)}})
 
 
 def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zarr.Group, CacheMeta]:
@@ -138,8 +145,8 @@ def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zar
 
 
 def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list[int], *,
-              batch_size: int) -> Iterator[tuple[int, list[ImageItem], list[torch.Tensor]]]:
-    """Yield (block, items, batches of model input) for each block, decoded one block ahead in a thread."""
+              batch_size: int) -> Iterator[tuple[int, list[ImageItem], list[torch.Tensor], np.ndarray]]:
+    """Yield (block, items, batches of model input, thumbnails) per block, made one block ahead in a thread."""
     results: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -154,7 +161,8 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
                     images.append(preprocess([item.image for item in batch]))  # (B, 3, crop, crop)
                     if stop.is_set():
                         return
-                results.put((block, items, images))
+                thumbnails = np.stack([_thumbnail(item.image, meta.thumbnail) for item in items])  # (n, T, T, 3)
+                results.put((block, items, images, thumbnails))
         except BaseException as error:  # handed to the consumer, raised there
             results.put(error)
         results.put(None)
@@ -183,7 +191,7 @@ def _extract(extractor: Any, images: list[torch.Tensor], dtype: str) -> torch.Te
 
 
 def _write_block(group: zarr.Group, meta: CacheMeta, block: int, items: list[ImageItem],
-                 features: torch.Tensor) -> None:
+                 features: torch.Tensor, thumbnails: np.ndarray) -> None:
     """Write every array's block, then the block's progress row (the byte size of each file)."""
     start = block * meta.shard_size
     stop = start + len(items)
@@ -193,7 +201,7 @@ def _write_block(group: zarr.Group, meta: CacheMeta, block: int, items: list[Ima
         "sq_norms": features.float().pow(2).sum(-1).numpy(),  # (n, H, W), from the stored values
         "labels": np.array([item.label for item in items], dtype=np.int64),
         "image_sizes": sizes,
-        "thumbnails": np.stack([_thumbnail(item.image, meta.thumbnail) for item in items]),  # (n, T, T, 3)
+        "thumbnails": thumbnails,  # (n, T, T, 3)
         "ids": np.array([item.id for item in items], dtype=object),
         "domains": np.array([item.domain or "" for item in items], dtype=object),
         "boxes": np.array([_boxes_json(item.boxes) for item in items], dtype=object),
@@ -283,13 +291,15 @@ def index_command(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=None, help="side the model sees (default: model's)")
+    parser.add_argument("--resize", type=int, default=None,
+                        help="shorter side before the centre crop (default: the model's ratio)")
     parser.add_argument("--codec", default=CODEC, choices=("none", "lz4", "zstd"))
     parser.add_argument("--shard-size", type=int, default=SHARD, help=f"images per shard (default {SHARD})")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     path = build_cache(args.model, args.layer, args.dataset, args.out, dtype=args.dtype,
-                       batch_size=args.batch_size, input_size=args.input_size, codec=args.codec,
-                       shard_size=args.shard_size)
+                       batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
+                       codec=args.codec, shard_size=args.shard_size)
     print(f"cache ready: {path}")
     return 0

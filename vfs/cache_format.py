@@ -110,6 +110,7 @@ class CacheMeta:
         """The `python -m vfs index` command that builds (or resumes) this cache at `out`."""
         extra = "" if self.codec == CODEC else f" --codec {self.codec}"
         extra += "" if self.shard_size == SHARD else f" --shard-size {self.shard_size}"
+        extra += f" --resize {self.preprocess['size']}"
         return (f"python -m vfs index --model {self.model} --layer {self.layer} --dataset '{self.dataset}' "
                 f"--out {out} --dtype {self.dtype} --input-size {self.input_size}{extra}")
 
