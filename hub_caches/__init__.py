@@ -38,14 +38,32 @@ _LAZY: dict[str, str] = {
     "load_catalog": "hub_caches.catalog",
 }
 
-__all__ = sorted([*_LAZY, "CatalogError", "HubCacheError", "HubOfflineError", "RateLimitError",
-                  "RemoteFileError", "RepoNotFoundError", "RevisionNotFoundError"])
+__all__ = [
+    "CatalogEntry",
+    "CatalogError",
+    "HubCacheError",
+    "HubOfflineError",
+    "HubStore",
+    "PushError",
+    "PushResult",
+    "RateLimitError",
+    "RemoteFileError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "load_catalog",
+    "locate",
+    "open",
+    "open_store",
+    "pull",
+    "push_cache",
+]
 
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'hub_caches' has no attribute {name!r}; public names: {', '.join(__all__)}")
+        raise AttributeError(f"module 'hub_caches' has no attribute {name!r}; "
+                             f"public names: {', '.join(__all__)}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

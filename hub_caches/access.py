@@ -106,7 +106,7 @@ def pull_command(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m hub_caches pull", description=pull_command.__doc__)
     parser.add_argument("name", help="catalog name (python -m hub_caches list) or dataset repo ORG/NAME")
-    parser.add_argument("--revision", help="branch, tag or commit sha (default: the catalog's sha, else main)")
+    parser.add_argument("--revision", help="branch, tag or commit sha (default: catalog's sha, else main)")
     parser.add_argument("--catalog", help="catalog file (default: $HUB_CACHES_CATALOG or the packaged one)")
     parser.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")

@@ -8,7 +8,8 @@ TASKS = ["image-feature-extraction"]
 TAGS = ["visual-feature-search", "features", "embeddings", "zarr"]
 
 
-def render_card(repo_id: str, cache: dict[str, Any], *, license: str = "other", revision: str | None = None) -> str:
+def render_card(repo_id: str, cache: dict[str, Any], *, license: str = "other",
+                revision: str | None = None) -> str:
     """The card for `repo_id` holding `cache` (as `encode.describe` returns it)."""
     from huggingface_hub import DatasetCardData
 
@@ -35,7 +36,7 @@ Open it in two lines of Python (files download on demand into the Hugging Face c
 
 ```python
 import hub_caches
-cache = hub_caches.open("{repo_id}"{pinned})   # a vfs FeatureCache: cache.shape == ({n}, {channels}, {height}, {width})
+cache = hub_caches.open("{repo_id}"{pinned})   # a vfs FeatureCache, shape ({n}, {channels}, {height}, {width})
 ```
 
 or download everything first with `python -m hub_caches pull {repo_id}`.
@@ -45,7 +46,7 @@ or download everything first with `python -m hub_caches pull {repo_id}`.
 | model | `{cache['model']}` (weights `{cache['weights_id']}`), input {cache['input_size']} px |
 | layer | `{cache['layer']}` |
 | dataset | `{cache['dataset']}`, labels: {labels} |
-| shape | ({n}, {channels}, {height}, {width}) as (N, C, H, W); stored channels-last ({n}, {height}, {width}, {channels}) |
+| shape | ({n}, {channels}, {height}, {width}) = (N, C, H, W), stored ({n}, {height}, {width}, {channels}) |
 | dtype | {cache['dtype']}, compressed with blosc {cache['codec']} + byte shuffle, crc32c per chunk |
 | size | {cache['size_bytes'] / 2**20:.1f} MiB |
 

@@ -65,12 +65,12 @@ def load_catalog(path: str | Path | None = None) -> dict[str, CatalogEntry]:
         unknown = set(item) - known
         missing = {f.name for f in fields(CatalogEntry) if f.default is MISSING and f.name not in item}
         if unknown or missing:
-            raise CatalogError(f"catalog {file}: entry {item.get('name')!r} has unknown keys {sorted(unknown)} "
-                               f"and lacks {sorted(missing)}; valid keys: {sorted(known)}")
+            raise CatalogError(f"catalog {file}: entry {item.get('name')!r} has unknown keys "
+                               f"{sorted(unknown)} and lacks {sorted(missing)}; valid keys: {sorted(known)}")
         entry = CatalogEntry(**{**item, "grid": tuple(item["grid"])})
         if not _SHA.fullmatch(entry.revision):
-            raise CatalogError(f"catalog {file}: entry {entry.name!r} has revision {entry.revision!r}, which is not "
-                               "a commit sha; pin it to the 40-character sha that `hub_caches push` printed")
+            raise CatalogError(f"catalog {file}: entry {entry.name!r} has revision {entry.revision!r}, which "
+                               "is not a commit sha; pin it to the 40-character sha `hub_caches push` printed")
         entries[entry.name] = entry
     return entries
 
@@ -82,8 +82,8 @@ def lookup(name: str, *, path: str | Path | None = None) -> CatalogEntry:
         return entries[name]
     close = difflib.get_close_matches(name, entries, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise CatalogError(f"no cache called {name!r} in the catalog {catalog_path(path)}: {hint}list the names with "
-                       "`python -m hub_caches list`, or open a repo directly with hub_caches.open('org/name')")
+    raise CatalogError(f"no cache called {name!r} in the catalog {catalog_path(path)}: {hint}list the names "
+                       "with `python -m hub_caches list`, or open a repo: hub_caches.open('org/name')")
 
 
 def entry_json(entry: CatalogEntry) -> str:

@@ -1,9 +1,11 @@
 """Re-encode a finished local cache for distribution, and write its manifest.
 
 The copy keeps the cache layer's layout (`vfs/cache_format.py`: one file per block of S images per
-array, crc32c on every chunk) so `vfs.open_cache` reads it unchanged; only the features, which are
-nearly all the bytes, are re-compressed with blosc zstd or lz4 (+ byte shuffle, + crc32c), and the
-per-block byte sizes the cache layer checks (`block_nbytes`, `progress`) are recomputed for them.
+array, crc32c on every chunk) so `vfs.open_cache` reads it unchanged. Only the features, nearly all
+the bytes, are re-encoded: blosc zstd or lz4 (+ byte shuffle, + crc32c), and inner chunks of about
+`CHUNK_BYTES` instead of one image each (zarr's per-chunk cost made a full read of 10,000 one-image
+chunks ~10x slower; one image still reads in the same time). The per-block byte sizes the cache
+layer checks (`block_nbytes`, `progress`) are recomputed for them.
 
     folder/
       cache.zarr/...      the Zarr v3 group
@@ -24,12 +26,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR
 from vfs.cache_format import CacheMeta, block_key, stored_size
 
-from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR
-
-# blosc settings per codec; zstd level 3 compresses better than the cache layer's level 1 at the same
-# decode speed (bench/hub.py measures both on real features)
+# blosc settings per codec. On real efficientnet_lite0 features (projection outputs, half negative)
+# zstd-3 + byte shuffle gave 1.07-1.09x at 300-440 MB/s decode; lz4 found nothing to compress (1.00x);
+# zstd levels 1-9 all gave the same ratio (bench/hub.py)
+CHUNK_BYTES = 512 * 1024  # target size of one inner chunk of features (a whole number of images)
 CODECS: dict[str, dict[str, Any]] = {
     "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
     "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
@@ -44,7 +47,14 @@ def feature_compressors(codec: str, *, dtype: np.dtype, clevel: int | None = Non
     return [BloscCodec(typesize=np.dtype(dtype).itemsize, **settings), Crc32cCodec()]
 
 
-def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd", clevel: int | None = None) -> Path:
+def inner_rows(shard_rows: int, row_bytes: int) -> int:
+    """Images per inner chunk: the largest divisor of the shard's images that keeps a chunk <= CHUNK_BYTES."""
+    fits = max(1, CHUNK_BYTES // max(1, row_bytes))
+    return max(d for d in range(1, min(fits, shard_rows) + 1) if shard_rows % d == 0)
+
+
+def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd",
+                 clevel: int | None = None) -> Path:
     """Copy the finished cache at `source` to `out/cache.zarr` with its features re-compressed; return it."""
     source, target = Path(source), Path(out) / STORE_DIR
     if target.exists():
@@ -55,12 +65,13 @@ def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd", cl
     meta = CacheMeta.from_attrs(group.attrs["vfs_cache"])
     del group["features"]
     with zarr.config.set({"array.write_empty_chunks": True}):  # never leave a chunk to the fill value
+        rows = old.shards[0] if old.shards else old.chunks[0]
         new = group.create_array(
-            "features", shape=old.shape, dtype=old.dtype, chunks=old.chunks, shards=old.shards,
+            "features", shape=old.shape, dtype=old.dtype, shards=(rows,) + old.shape[1:],
+            chunks=(inner_rows(rows, old.dtype.itemsize * int(np.prod(old.shape[1:]))),) + old.shape[1:],
             fill_value=old.fill_value, attributes=dict(old.attrs),
             compressors=feature_compressors(codec, dtype=old.dtype, clevel=clevel))
         source_features = zarr.open_array(source / "features", mode="r")
-        rows = old.shards[0] if old.shards else old.chunks[0]
         for start in range(0, old.shape[0], rows):
             new[start:start + rows] = source_features[start:start + rows]  # (S, H, W, C)
     sizes = [stored_size(group.store, block_key(new, block)) for block in range(-(-old.shape[0] // rows))]

@@ -61,8 +61,8 @@ def hub_error(error: Exception, *, repo_id: str, revision: str | None, filename:
     # order matters: RevisionNotFoundError and RemoteEntryNotFoundError subclass HfHubHTTPError
     if isinstance(error, hf.RevisionNotFoundError):
         return RevisionNotFoundError(
-            f"revision {revision!r} does not exist in dataset {repo_id}{host}: pass a branch, a tag or a commit "
-            f"sha that exists (list them with HfApi().list_repo_refs({repo_id!r}, repo_type='dataset'))")
+            f"revision {revision!r} does not exist in dataset {repo_id}{host}: pass a branch, a tag or a "
+            f"commit sha that exists (HfApi().list_repo_refs({repo_id!r}, repo_type='dataset') lists them)")
     if isinstance(error, (hf.RepositoryNotFoundError, hf.GatedRepoError)):
         return RepoNotFoundError(
             f"dataset repo {repo_id!r} was not found{host}: check the spelling ('org/name'), that it is a "

@@ -60,7 +60,8 @@ def push_cache(path: str | Path, repo_id: str, *, tag: str | None = None, codec:
             manifest = write_manifest(folder, info)
             manifest_sha = sha256_file(manifest)
             size = folder_size(folder)
-            local = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+            local = {path.relative_to(folder).as_posix(): path.stat().st_size
+                     for path in folder.rglob("*") if path.is_file()}
             commit = api.upload_folder(
                 repo_id=repo_id, repo_type="dataset", folder_path=folder, delete_patterns=[f"{STORE_DIR}/**"],
                 commit_message=f"VFS cache: {info['model']} {info['layer']} on {info['dataset']} ({codec})")
@@ -77,7 +78,8 @@ def push_cache(path: str | Path, repo_id: str, *, tag: str | None = None, codec:
     entry = CatalogEntry(
         name=name or repo_id.split("/")[-1], repo_id=repo_id, revision=sha, model=info["model"],
         layer=info["layer"], dataset=info["dataset"], n=info["n"], grid=tuple(info["grid"]),
-        channels=info["channels"], dtype=info["dtype"], size_bytes=size, manifest_sha256=manifest_sha, tag=tag)
+        channels=info["channels"], dtype=info["dtype"], size_bytes=size, manifest_sha256=manifest_sha,
+        tag=tag)
     return PushResult(repo_id, sha, tag, entry, len(local))
 
 
@@ -92,9 +94,8 @@ def _check_arrived(api, repo_id: str, sha: str, local: dict[str, int]) -> None:
     """Compare the commit's file list and sizes with what was uploaded."""
     from huggingface_hub.hf_api import RepoFile
 
-    remote = {entry.path: entry.size for entry in api.list_repo_tree(repo_id, repo_type="dataset", revision=sha,
-                                                                       recursive=True)
-              if isinstance(entry, RepoFile)}
+    tree = api.list_repo_tree(repo_id, repo_type="dataset", revision=sha, recursive=True)
+    remote = {entry.path: entry.size for entry in tree if isinstance(entry, RepoFile)}
     wrong = sorted(path for path, size in local.items() if remote.get(path) != size)
     if wrong:
         raise PushError(f"commit {sha} of dataset {repo_id} lacks or has wrong sizes for {len(wrong)} files "
@@ -121,6 +122,7 @@ def push_command(argv: list[str]) -> int:
     tagged = f" (tag {result.tag})" if result.tag else ""
     print(f"pushed {args.path} to dataset {result.repo_id}: {result.files} files, "
           f"{result.entry.size_bytes / 2**20:.1f} MiB, commit{tagged}:\n{result.revision}\n")
-    print(f"catalog entry (add it to the \"caches\" list of hub_caches/catalog.json):\n{entry_json(result.entry)}")
+    print("catalog entry (add it to the \"caches\" list of hub_caches/catalog.json):\n"
+          f"{entry_json(result.entry)}")
     return 0
 

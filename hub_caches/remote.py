@@ -147,7 +147,7 @@ def _corrupt(remote: Remote, filename: str, why: str) -> RemoteFileError:
     return RemoteFileError(
         f"file {filename!r} of dataset {remote.repo_id} at revision {remote.revision} from {remote.endpoint} "
         f"cannot be trusted: {why}. The bad copy was removed from the local cache; try again (a network "
-        "fault will not repeat), and if it does, the repo itself is damaged: report it or pin another revision",
+        "fault will not repeat); if it does, the repo itself is damaged: report it or pin another revision",
         repo_id=remote.repo_id, revision=remote.revision, file=filename)
 
 

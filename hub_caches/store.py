@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -28,6 +29,9 @@ from zarr.core.buffer.core import default_buffer_prototype
 
 from hub_caches.errors import RemoteFileError
 from hub_caches.remote import STORE_DIR, FileEntry, Remote, fetch
+from vfs.errors import VFSError
+
+log = logging.getLogger(__name__)
 
 # keys Zarr probes that may legitimately be absent (node metadata, v2 and v3)
 _METADATA = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
@@ -64,8 +68,8 @@ class HubStore(Store):
 
     def with_read_only(self, read_only: bool = False) -> HubStore:
         if not read_only:
-            raise ValueError(f"{self!r} is read-only: a published cache cannot be written; build a local cache "
-                             "with `python -m vfs index` and publish it with `python -m hub_caches push`")
+            raise ValueError(f"{self!r} is read-only: a published cache cannot be written; build a local "
+                             "cache with `python -m vfs index`, publish it with `python -m hub_caches push`")
         return self
 
     def close(self) -> None:
@@ -103,8 +107,8 @@ class HubStore(Store):
     def _missing(self, key: str) -> RemoteFileError:
         path = f"{self.prefix}/{key}" if self.prefix else key
         return RemoteFileError(
-            f"chunk {path!r} of dataset {self.remote.repo_id} at revision {self.remote.revision} is not in the "
-            "cache's manifest, so the published cache is incomplete (Zarr would have read it as zeros): "
+            f"chunk {path!r} of dataset {self.remote.repo_id} at revision {self.remote.revision} is not in "
+            "the cache's manifest, so the published cache is incomplete (Zarr would have read it as zeros): "
             "push the cache again with `python -m hub_caches push`, or pin another revision",
             repo_id=self.remote.repo_id, revision=self.remote.revision, file=path)
 
@@ -125,7 +129,7 @@ class HubStore(Store):
                                            for key, byte_range in key_ranges)))
 
     def _read_ahead(self, key: str) -> None:
-        """After chunk (i, ...) following chunk (i-1, ...), fetch chunks (i+1 .. i+prefetch, ...) in threads."""
+        """After chunk (i, ...) came right after (i-1, ...), fetch (i+1 .. i+prefetch, ...) in threads."""
         array, sep, coords = key.rpartition("/c/")
         with self._lock:
             self._read.add(key)
@@ -151,8 +155,8 @@ class HubStore(Store):
     def _quiet_fetch(self, key: str) -> None:
         try:
             self.local_path(key, ahead=True)
-        except Exception:  # a failed prefetch is retried, and reported, when the chunk is read
-            pass
+        except VFSError as error:  # a failed prefetch is retried, and reported, when the chunk is read
+            log.debug("prefetch of %s failed: %s", key, error)
 
     # -- listing ------------------------------------------------------------------------------
 

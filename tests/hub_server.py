@@ -1,7 +1,7 @@
 """A small Hugging Face Hub-compatible HTTP server, for tests and benchmarks that cannot reach the Hub.
 
 It answers the routes `huggingface_hub` 2.4 uses to create a repo, commit regular files (no LFS),
-tag and branch, report repo info and file trees, and resolve files with HEAD/GET and HTTP Range.
+tag and branch, report repo info and file trees, and resolve dataset files with HEAD/GET and Range.
 Errors carry the `X-Error-Code` headers that `huggingface_hub` maps to its exception types, and a
 rate-limit switch answers every request with HTTP 429. It counts requests and bytes served.
 
@@ -10,12 +10,13 @@ rate-limit switch answers every request with HTTP 429. It counts requests and by
         ...
         hub.stats.requests, hub.stats.bytes_served
 
-`python tests/hub_server.py ROOT [PORT]` serves ROOT from a separate process; `GET /_stats`
-and `POST /_stats/reset` read and reset the counters there.
+`python tests/hub_server.py ROOT [PORT [LATENCY_S [BYTES_PER_S]]]` serves ROOT from its own process
+(a network's latency and bandwidth imitated if given); `GET /_stats`, `POST /_stats/reset` for counters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -25,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -143,7 +145,8 @@ class RepoStorage:
         """(file holding the content, sha256) of `path` at commit `sha`."""
         digest = self.files(repo_type, repo_id, sha).get(path)
         if digest is None:
-            raise StorageError("EntryNotFound", f"{path} does not exist at {sha}", headers={"X-Repo-Commit": sha})
+            raise StorageError("EntryNotFound", f"{path} does not exist at {sha}",
+                               headers={"X-Repo-Commit": sha})
         return self.root / "blobs" / digest, digest
 
     def tree(self, repo_type: str, repo_id: str, revision: str, path: str, recursive: bool) -> list[dict]:
@@ -207,8 +210,12 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, stop) if start < stop else None
 
 
-def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE) -> FastAPI:
-    """The FastAPI app; `app.state.rate_limited = True` answers every request with 429."""
+def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE, latency: float = 0,
+               bandwidth: float = 0) -> FastAPI:
+    """The FastAPI app; `app.state.rate_limited = True` answers every request with 429.
+
+    `latency` (seconds per request) and `bandwidth` (bytes/s per download) imitate a real network.
+    """
     app = FastAPI()
     app.state.rate_limited = False
 
@@ -222,8 +229,10 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
             return JSONResponse({"error": "rate limited"}, status_code=429, headers={"Retry-After": "0"})
         response = await call_next(request)
         sent = request.method == "GET" and "/resolve/" in path and response.status_code in (200, 206)
-        stats.record(request.method, path, response.status_code,
-                     int(response.headers.get("content-length", 0)) if sent else 0)
+        nbytes = int(response.headers.get("content-length", 0)) if sent else 0
+        stats.record(request.method, path, response.status_code, nbytes)
+        if latency or bandwidth:
+            await asyncio.sleep(latency + (nbytes / bandwidth if bandwidth else 0))
         return response
 
     @app.exception_handler(StorageError)
@@ -293,8 +302,9 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
     @app.get("/api/{repo_type}s/{org}/{name}/revision/{revision}")
     def repo_info(repo_type: str, org: str, name: str, revision: str = "main"):
         sha = storage.commit_of(repo_type, f"{org}/{name}", revision)
+        files = sorted(storage.files(repo_type, f"{org}/{name}", sha))
         return {"id": f"{org}/{name}", "sha": sha, "private": False, "tags": [],
-                "siblings": [{"rfilename": path} for path in sorted(storage.files(repo_type, f"{org}/{name}", sha))]}
+                "siblings": [{"rfilename": path} for path in files]}
 
     @app.get("/api/{repo_type}s/{org}/{name}/tree/{revision}")
     @app.get("/api/{repo_type}s/{org}/{name}/tree/{revision}/{path:path}")
@@ -320,15 +330,12 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
             data, status = data[span[0]:span[1]], 206
         if request.method == "HEAD":
             return Response(status_code=status, headers={**headers, "Content-Length": str(len(data))})
-        return Response(content=data, status_code=status, headers=headers, media_type="application/octet-stream")
+        return Response(content=data, status_code=status, headers=headers,
+                        media_type="application/octet-stream")
 
     @app.api_route("/datasets/{org}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
     def resolve_dataset(org: str, name: str, revision: str, path: str, request: Request):
         return resolve("dataset", f"{org}/{name}", revision, path, request)
-
-    @app.api_route("/{org}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
-    def resolve_model(org: str, name: str, revision: str, path: str, request: Request):
-        return resolve("model", f"{org}/{name}", revision, path, request)
 
     return app
 
@@ -336,10 +343,12 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
 class HubServer:
     """The app served by uvicorn on 127.0.0.1 in a daemon thread; a context manager that stops it."""
 
-    def __init__(self, root: Path | str, *, port: int = 0, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, root: Path | str, *, port: int = 0, page_size: int = PAGE_SIZE, latency: float = 0,
+                 bandwidth: float = 0) -> None:
         self.storage = RepoStorage(Path(root))
         self.stats = Stats()
-        self.app = create_app(self.storage, self.stats, page_size=page_size)
+        self.app = create_app(self.storage, self.stats, page_size=page_size, latency=latency,
+                              bandwidth=bandwidth)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", port))
@@ -358,7 +367,7 @@ class HubServer:
     def rate_limited(self, value: bool) -> None:
         self.app.state.rate_limited = value
 
-    def start(self) -> "HubServer":
+    def start(self) -> Self:
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
@@ -372,7 +381,7 @@ class HubServer:
         self._thread.join(timeout=10)
         self._socket.close()
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -380,8 +389,9 @@ class HubServer:
 
 
 def main(argv: list[str]) -> int:
-    """`python tests/hub_server.py ROOT [PORT]`: serve ROOT on 127.0.0.1 (a free port by default) until killed."""
-    server = HubServer(argv[0], port=int(argv[1]) if len(argv) > 1 else 0).start()
+    """`python tests/hub_server.py ROOT [PORT [LATENCY_S [BYTES_PER_S]]]`: serve ROOT until killed."""
+    port, latency, bandwidth = (float(v) for v in [*argv[1:4], 0, 0, 0][:3])
+    server = HubServer(argv[0], port=int(port), latency=latency, bandwidth=bandwidth).start()
     print(server.endpoint, flush=True)  # the first line of output: what a benchmark reads
     try:
         while True:
