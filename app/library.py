@@ -8,6 +8,7 @@ No gradio here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from vfs.errors import CacheError
 
 log = logging.getLogger(__name__)
 
+THUMBNAILS_KEPT = 4096  # thumbnails kept decoded per cache (about 30 KB each at 96 px)
 HUB_PREFIX = "hub:"  # keys of Hub caches: "hub:<catalog name>"; local keys are paths under root
 
 
@@ -116,6 +118,8 @@ class CacheLibrary:
 
                 cache = open_cache(entry.path)
             cache = cache.load()
+            # each thumbnail read decodes one Zarr chunk (~8 ms); results and pages revisit the same ones
+            cache.thumbnail = functools.lru_cache(maxsize=THUMBNAILS_KEPT)(cache.thumbnail)
             self._caches[key] = cache
             return cache
 
