@@ -339,3 +339,24 @@ def test_compare_counts_shared_results(library):
         assert sum(caption.startswith("★ ") for _, caption in items) == len(layers.shared)
     with pytest.raises(vfs.CacheMismatchError, match="different datasets"):
         compare.compare(library, FMNIST, PHOTOS, value, picked, SearchOptions(k=5))
+
+
+def test_default_build_reports_progress_and_lists_its_caches(tmp_path, monkeypatch):
+    from app.library import DefaultBuild
+    from vfs import default_cache
+
+    tiny = default_cache.DefaultCache("fashion-mnist:test[:12]", "blocks.4", 64, 64)
+    monkeypatch.setattr(default_cache, "DEFAULTS", {"fashion-mnist": tiny})  # the real build, a smaller set
+    messages = []
+    build = DefaultBuild(tmp_path)
+    build.report = lambda *args: (messages.append(args), DefaultBuild.report(build, *args))
+    assert CacheLibrary(tmp_path, hub=False).refresh() == []
+    build.start()
+    assert build.wait(timeout=300) and build.error is None
+    assert build.message == "default caches ready"
+    assert any(m[1].startswith("fashion-mnist: ") for m in messages)
+    fractions = [args[0] for args in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 1
+    entries = CacheLibrary(tmp_path, hub=False).refresh()
+    assert [entry.path for entry in entries] == [build.paths["fashion-mnist"]]
+    assert "12 images" in entries[0].title
