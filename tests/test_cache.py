@@ -234,6 +234,9 @@ def test_skimage_photos_cache(model, tmp_path):
     assert [cache.label_names[v] for v in cache.labels] == [data.label_names[data[i].label] for i in range(len(data))]
     assert cache.image_sizes.tolist() == [[data[i].image.height, data[i].image.width] for i in range(len(data))]
     assert cache.verify() == 6 * 3
+    group = zarr.open_group(cache.where, mode="r")  # zarr's own decoding == the shard-file fast path
+    np.testing.assert_array_equal(cache[:], group["features"][:].transpose(0, 3, 1, 2))  # last shard: 3 of 8
+    np.testing.assert_array_equal(np.asarray(cache.thumbnail(18)), group["thumbnails"][18][:37, :96])  # "text", 172 x 448
 
 
 def test_array_dataset_build_is_deterministic(model, tmp_path):

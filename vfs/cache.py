@@ -30,6 +30,7 @@ from zarr.storage import LocalStore
 
 from vfs.cache_format import SCHEMA, CacheMeta, block_key, stored_size, thumbnail_size
 from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError, VFSError
+from vfs.shard_file import local_layout, read_shard
 
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 
@@ -169,6 +170,7 @@ class BlockReader:
         self._checked: set[int] = set()
         self._kept: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
+        self._local = local_layout(array)  # (folder, compressed) for whole local shards, else None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -226,6 +228,10 @@ class BlockReader:
                 raise self._corrupt(key, f"has {size} bytes, the build wrote {expected} (truncated or altered)")
             self._checked.add(block)
         try:
+            if self._local is not None and start == block * self.rows and stop - start > 1:
+                folder, compressed = self._local
+                return read_shard((folder / key).read_bytes(), rows=stop - start, per_shard=self.rows,
+                                  row_shape=self.shape[1:], dtype=self.dtype, compressed=compressed)
             values = self.array[start:stop]
         except VFSError:  # the store's own errors (a remote store offline, rate limited...) say what happened
             raise

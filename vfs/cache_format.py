@@ -129,7 +129,8 @@ def thumbnail_size(height: int, width: int, side: int) -> tuple[int, int]:
 def block_key(array: zarr.Array, block: int) -> str:
     """Store key of the file holding block `block` (S images) of `array`."""
     coords = (block,) + (0,) * (array.ndim - 1)
-    return f"{array.path}/{array.metadata.encode_chunk_key(coords)}"
+    key = array.metadata.encode_chunk_key(coords)
+    return f"{array.path}/{key}" if array.path else key
 
 
 def stored_size(store: Store, key: str) -> int | None:
