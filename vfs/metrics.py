@@ -43,13 +43,17 @@ class Neighbours:
 def query_weights(
     grid: tuple[int, int], *, box=None, image_size: tuple[int, int] | None = None, preprocess=None
 ) -> np.ndarray:
-    """Weights `(H, W)` of a query: all ones for the whole image, else the box on the grid
-    (binarised at 0.5 coverage, so the region is the cells the box mostly covers)."""
+    """Weights `(H, W)` of a query: all ones for the whole image, else the cells the box covers at
+    least half of; a box smaller than that (no cell half covered) gets its best-covered cell(s)."""
     if box is None:
         return np.ones(grid, dtype=np.float32)
     if image_size is None:
         raise SearchError("a box query needs image_size=(height, width) of the original image")
-    return box_to_grid(box, image_size, grid, preprocess=preprocess, binarize=0.5)
+    coverage = np.asarray(box_to_grid(box, image_size, grid, preprocess=preprocess), dtype=np.float32)  # (H, W)
+    if not coverage.any():
+        raise SearchError(f"box {tuple(box)} lies outside the part of the image the model sees: use a box inside it")
+    cut = min(0.5, float(coverage.max()))
+    return (coverage >= cut).astype(np.float32)
 
 
 def _query_features(source, index: int) -> np.ndarray:
