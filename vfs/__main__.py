@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from vfs.errors import VFSError
+
 # command -> ("module", "function"); each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "layers": ("vfs.features", "layers_command", "list a model's layers with output shapes"),
@@ -24,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     module, function, _ = COMMANDS[argv[0]]
-    return getattr(importlib.import_module(module), function)(argv[1:])
+    try:
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    except VFSError as error:  # a problem the message explains: no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
