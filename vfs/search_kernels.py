@@ -16,7 +16,8 @@ computed here). Two ways to get the dot products, picked per mask by their cost:
 Everything here is plain torch on whatever device the tensors live on (CPU or CUDA). On the CPU,
 small masks ("cells") go through the fused numba kernel of `vfs.search_numba` when numba is
 installed: it does only the cells x offsets dot products the windows need (the GEMM does cells x
-every position) and equals this path to float32 rounding.
+every position), widens float16 in cache, and equals this path to float32 rounding. Large masks
+stay on the torch matvec, which measured faster here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from vfs import search_numba
 
 CHUNK_BYTES = 4 << 20  # float32 bytes of features scored in one CPU kernel call: about the L3 cache
 CUDA_CHUNK_BYTES = 256 << 20  # on a GPU, fewer and larger transfers
-USE_NUMBA = search_numba.AVAILABLE  # the fused CPU kernel for small masks (tests switch it off and on)
+USE_NUMBA = search_numba.AVAILABLE  # the fused CPU kernel (tests switch it off and on)
+FUSED_DTYPES = (torch.float16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,9 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     so an image's scores never depend on `n`. `sq_norms` (n, H, W) are the squared norms of the
     feature vectors, computed when None. A window (or query) of zero magnitude scores 0.
     """
-    if USE_NUMBA and plan.strategy == "cells" and device.type == "cpu":
-        return fused_block(features, plan, chunk=chunk, sq_norms=sq_norms)
+    if (USE_NUMBA and plan.strategy == "cells" and device.type == "cpu" and features.device.type == "cpu"
+            and features.dtype in FUSED_DTYPES):  # measured: the fused kernel wins on small masks only
+        return fused_block(features, plan, sq_norms=sq_norms)
     n = features.shape[0]
     dots = torch.empty(n, plan.offsets[0] * plan.offsets[1], device=device)  # (n, H'*W')
     magnitudes = torch.empty_like(dots)  # (n, H'*W')
@@ -173,29 +176,29 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     return scores.clamp_(-1.0, 1.0)
 
 
-def fused_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int,
-                sq_norms: torch.Tensor | None) -> torch.Tensor:
-    """`score_block` through the numba kernel (CPU only): (n, C, H, W) -> (n, H'*W') float32."""
-    n, channels = features.shape[:2]
-    out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
+def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Tensor | None) -> torch.Tensor:
+    """`score_block` through the numba kernel: (n, C, H, W) float16/float32 on the CPU -> (n, H'*W') float32."""
+    n, channels, height, width = features.shape
     if "fused" not in plan.matrices:
         plan.matrices["fused"] = (plan.columns.cpu().numpy(),  # (cells, C)
                                   window_positions(plan),  # (cells, H'*W')
                                   plan.square_weights.cpu().numpy())  # (cells,)
     columns, positions, square_weights = plan.matrices["fused"]
-    for first in range(0, n, chunk):
-        part = features[first:first + chunk]  # (size, C, H, W)
-        size = part.shape[0]
-        if not (part.dtype == torch.float32 and part.device.type == "cpu" and is_channels_last(part)):
-            buffer = chunk_buffer(plan, part.shape[1:], chunk=chunk, device=torch.device("cpu"),
-                                  channels_last=True)
-            part = buffer[:size].copy_(part)  # (size, C, H, W) float32, stored (size, H, W, C)
-        norms = square_norms(part) if sq_norms is None else sq_norms[first:first + size]  # (size, H, W)
-        search_numba.fused_scores(
-            part.permute(0, 2, 3, 1).reshape(size, -1, channels).numpy(),  # (size, H*W, C), a view
-            columns, positions, square_weights,
-            norms.reshape(size, -1).to("cpu", torch.float32).contiguous().numpy(),  # (size, H*W)
-            out[first:first + size])
+    channels_last = is_channels_last(features)
+    if channels_last:
+        stored = features.permute(0, 2, 3, 1).reshape(n, height * width, channels)  # (n, H*W, C)
+    else:
+        stored = features.reshape(n, channels, height * width)  # (n, C, H*W)
+    stored = stored.contiguous().numpy()  # a view unless the block was strided oddly
+    if stored.dtype == np.float16:
+        stored = stored.view(np.uint16)  # the kernel widens the bits itself
+    if sq_norms is None:
+        norms = np.full((n, height * width), -1.0, np.float32)  # (n, H*W): -1 = compute them
+    else:
+        norms = sq_norms.reshape(n, -1).to(torch.float32).numpy().copy()  # (n, H*W), overwritten
+    out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
+    search_numba.fused_scores(stored, channels_last=channels_last, columns=columns, positions=positions,
+                              square_weights=square_weights, sq_norms=norms, out=out)
     return torch.from_numpy(out)
 
 

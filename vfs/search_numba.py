@@ -1,14 +1,16 @@
-"""An optional fused CPU kernel (numba) for small masks: only the multiply-adds the windows need.
+"""An optional fused CPU kernel (numba): every window's cosine in one pass over each image.
 
-The torch "cells" path scores every position of a map against every cell of the mask, then sums
-each window; a cell only ever meets the H'*W' positions its windows cover, so for a 3x3 mask on a
-7x7 map half of that work is wasted. This kernel does, per image, exactly cells x offsets dot
-products of length C (four window positions at a time, sharing the loads of the query column),
-then the window magnitude, the cosine and the clamp, in one pass while the image is in cache.
+Per image, in parallel over the images of a block: the stored values (float16 or float32,
+channels-last or not) are loaded once into a float32 (H*W, C) scratch that stays in cache, then
+exactly cells x offsets dot products of length C are done (four window positions, or four cells,
+at a time, sharing loads), then the window magnitudes, the cosine and the clamp. No float32 copy of
+the block is ever written to memory, and one parallel region covers a whole block.
 
-It reads float32 channels-last chunks (n, H*W, C); the caller converts float16 with torch first.
-Results equal the torch path's to float32 rounding (the sums run in another order). Without numba
-installed, or with VFS_NUMBA=0 in the environment, the torch path runs alone.
+float16 is widened exactly with integer bit moves (AVX2 has no float16 arithmetic and numba has no
+float16 type): the 15 magnitude bits shifted into a float32's place, times 2^112, is the same
+number for normal and subnormal values (features are finite; inf/NaN are not preserved).
+Results equal the torch path's to float32 rounding (the sums run in another order). Without numba,
+or with VFS_NUMBA=0 in the environment, the torch path runs alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 try:
     import numba
-except ImportError:  # the torch path covers everything; this is only faster
+except ImportError:  # the torch path covers everything; this one is only faster
     numba = None
 
 AVAILABLE = numba is not None and os.environ.get("VFS_NUMBA", "1") != "0"
@@ -28,35 +30,86 @@ _LOCK = threading.Lock()  # one parallel region at a time, whatever threads call
 
 if AVAILABLE:
     _FASTMATH = {"reassoc", "contract"}  # lets the C-long sums vectorise; no assumptions about NaN/inf
+    _HALF_SCALE = np.float32(2.0**112)
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
-    def _score_image(x, columns, positions, square_weights, norms, out):
-        """x (H*W, C); columns (cells, C); positions (cells, P) flat cells of each window; out (P,)."""
+    def _load(image, half, channels_last, scratch):
+        """One stored image, (H*W, C) if channels_last else (C, H*W), into the float32 scratch (H*W, C)."""
+        positions, channels = scratch.shape
+        if half:  # image holds float16 bits as uint16
+            bits = scratch.reshape(-1).view(np.uint32)
+            flat = scratch.reshape(-1)
+            if channels_last:
+                source = image.reshape(-1)
+                for i in range(flat.size):
+                    h = np.uint32(source[i])
+                    bits[i] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+            else:
+                for c in range(channels):
+                    for p in range(positions):
+                        h = np.uint32(image[c, p])
+                        bits[p * channels + c] = (((h & np.uint32(0x7FFF)) << np.uint32(13))
+                                                  | ((h & np.uint32(0x8000)) << np.uint32(16)))
+            for i in range(flat.size):
+                flat[i] *= _HALF_SCALE
+        elif channels_last:
+            scratch[:, :] = image
+        else:
+            for c in range(channels):
+                for p in range(positions):
+                    scratch[p, c] = image[c, p]
+
+    @numba.njit(fastmath=_FASTMATH, cache=True)
+    def _dots(x, columns, positions, out):
+        """out[p] = sum_k <columns[k], x[positions[k, p]]>, four windows (or four cells) at a time."""
         cells, offsets = positions.shape
         channels = x.shape[1]
         p = 0
-        while p < offsets:
-            if p + 4 <= offsets:  # four windows share each load of the query column
-                a0 = a1 = a2 = a3 = np.float32(0.0)
-                for k in range(cells):
-                    q = columns[k]
-                    x0, x1 = x[positions[k, p]], x[positions[k, p + 1]]
-                    x2, x3 = x[positions[k, p + 2]], x[positions[k, p + 3]]
-                    for c in range(channels):
-                        a0 += q[c] * x0[c]
-                        a1 += q[c] * x1[c]
-                        a2 += q[c] * x2[c]
-                        a3 += q[c] * x3[c]
-                out[p], out[p + 1], out[p + 2], out[p + 3] = a0, a1, a2, a3
-                p += 4
-            else:
-                a0 = np.float32(0.0)
-                for k in range(cells):
-                    q, x0 = columns[k], x[positions[k, p]]
-                    for c in range(channels):
-                        a0 += q[c] * x0[c]
-                out[p] = a0
-                p += 1
+        while p + 4 <= offsets:  # four windows share each load of a query column
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for k in range(cells):
+                q = columns[k]
+                x0, x1 = x[positions[k, p]], x[positions[k, p + 1]]
+                x2, x3 = x[positions[k, p + 2]], x[positions[k, p + 3]]
+                for c in range(channels):
+                    a0 += q[c] * x0[c]
+                    a1 += q[c] * x1[c]
+                    a2 += q[c] * x2[c]
+                    a3 += q[c] * x3[c]
+            out[p], out[p + 1], out[p + 2], out[p + 3] = a0, a1, a2, a3
+            p += 4
+        while p < offsets:  # the last windows: four cells at a time
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            k = 0
+            while k + 4 <= cells:
+                q0, q1, q2, q3 = columns[k], columns[k + 1], columns[k + 2], columns[k + 3]
+                x0, x1 = x[positions[k, p]], x[positions[k + 1, p]]
+                x2, x3 = x[positions[k + 2, p]], x[positions[k + 3, p]]
+                for c in range(channels):
+                    a0 += q0[c] * x0[c]
+                    a1 += q1[c] * x1[c]
+                    a2 += q2[c] * x2[c]
+                    a3 += q3[c] * x3[c]
+                k += 4
+            while k < cells:
+                q0, x0 = columns[k], x[positions[k, p]]
+                for c in range(channels):
+                    a0 += q0[c] * x0[c]
+                k += 1
+            out[p] = (a0 + a1) + (a2 + a3)
+            p += 1
+
+    @numba.njit(fastmath=_FASTMATH, cache=True)
+    def _score_image(x, columns, positions, square_weights, norms, out):
+        """Cosines of the windows of one image x (H*W, C) into out (P,); norms (H*W,) < 0 are computed."""
+        cells, offsets = positions.shape
+        if norms[0] < 0:  # no precomputed norms: the caller filled them with -1
+            for p in range(x.shape[0]):
+                total = np.float32(0.0)
+                for c in range(x.shape[1]):
+                    total += np.float32(x[p, c]) * np.float32(x[p, c])
+                norms[p] = total
+        _dots(x, columns, positions, out)
         for p in range(offsets):
             magnitude = np.float32(0.0)
             for k in range(cells):
@@ -67,13 +120,25 @@ if AVAILABLE:
                 out[p] = np.float32(0.0)
 
     @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-    def _score_chunk(features, columns, positions, square_weights, sq_norms, out):
+    def _score_block(features, half, channels_last, columns, positions, square_weights, sq_norms, out):
+        grid_positions, channels = sq_norms.shape[1], columns.shape[1]
         for n in numba.prange(features.shape[0]):
-            _score_image(features[n], columns, positions, square_weights, sq_norms[n], out[n])
+            if channels_last and not half:  # float32 (H*W, C) already: no copy
+                _score_image(features[n], columns, positions, square_weights, sq_norms[n], out[n])
+            else:
+                x = np.empty((grid_positions, channels), np.float32)
+                _load(features[n], half, channels_last, x)
+                _score_image(x, columns, positions, square_weights, sq_norms[n], out[n])
 
 
-def fused_scores(features: np.ndarray, columns: np.ndarray, positions: np.ndarray,
+def fused_scores(features: np.ndarray, *, channels_last: bool, columns: np.ndarray, positions: np.ndarray,
                  square_weights: np.ndarray, sq_norms: np.ndarray, out: np.ndarray) -> None:
-    """Cosines of every window into `out` (n, P) from float32 features (n, H*W, C) and norms (n, H*W)."""
+    """Cosines of every window into `out` (n, P).
+
+    features: (n, H*W, C) if channels_last else (n, C, H*W), float32 or float16 bits as uint16;
+    columns (cells, C) float32; positions (cells, P) int64 flat cells of each window; square_weights
+    (cells,) float32; sq_norms (n, H*W) float32, filled with -1 to have them computed (overwritten).
+    """
     with _LOCK:
-        _score_chunk(features, columns, positions, square_weights, sq_norms, out)
+        _score_block(features, features.dtype == np.uint16, channels_last, columns, positions, square_weights,
+                     sq_norms, out)
