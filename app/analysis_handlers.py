@@ -210,7 +210,7 @@ def sensitivity_spec(library: CacheLibrary, outcome: Outcome | None, row: int, c
     rows = [{"step": float(s), "cosine": None if np.isnan(v) else float(v)}
             for s, v in zip(result.steps, result.similarities)]
     title = "rotation (degrees, counter-clockwise)" if kind == "rotate" else "scale (zoom factor)"
-    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "width": "container", "height": 220,
+    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "width": 480, "height": 220,
             "data": {"values": rows},
             "mark": {"type": "line", "point": True},
             "encoding": {"x": {"field": "step", "type": "quantitative", "title": title},
