@@ -64,7 +64,9 @@ def hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pushed(built, hub):
-    return hub_caches.push_cache(built, REPO, tag="v1", endpoint=hub.endpoint, token=False, license="mit")
+    with pytest.MonkeyPatch.context() as patch:  # inner chunks of 4 images, so a block holds 4 chunks
+        patch.setattr("hub_caches.encode.CHUNK_BYTES", 4 * 4 * 4 * 80 * 2)
+        return hub_caches.push_cache(built, REPO, tag="v1", endpoint=hub.endpoint, token=False, license="mit")
 
 
 def _open(hub, revision="v1", **options):
@@ -323,3 +325,14 @@ def test_command_line_push_and_pull(built, hub, capsys):
     assert f"revision='{sha}'" in capsys.readouterr().out
     assert main(["pull", "vfs-test/absent", "--endpoint", hub.endpoint]) == 1
     assert "dataset repo 'vfs-test/absent' was not found" in capsys.readouterr().err
+
+
+def test_distributed_features_are_rechunked_and_recompressed(built, hub, pushed):
+    import zarr
+
+    store = _store(hub, revision=pushed.revision)
+    features = zarr.open_group(store, mode="r")["features"]
+    assert features.shards == (SHARD, 4, 4, 80) and features.chunks == (4, 4, 4, 80)
+    assert [type(codec).__name__ for codec in features.compressors] == ["BloscCodec", "Crc32cCodec"]
+    assert features.compressors[0].cname.value == "zstd"
+    np.testing.assert_array_equal(features[:], zarr.open_array(built / "features", mode="r")[:])
