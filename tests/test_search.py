@@ -259,6 +259,18 @@ def test_numba_kernel_equals_torch_path(monkeypatch, dtype):
         np.testing.assert_array_equal(fused.cols, torch_path.cols)
 
 
+@pytest.mark.parametrize("source_kind", ["numpy", "cl"])
+def test_float16_extremes_are_widened_exactly(source_kind):
+    rng = np.random.default_rng(14)
+    values = np.array([0.0, -0.0, 1e-7, -3e-6, 6e-5, 1.0, -2.5, 1000.0, -60000.0], np.float16)
+    features = rng.choice(values, size=(12, 5, 4, 4)).astype(np.float16)  # subnormals, negatives, large
+    for mask in ["cell", "L", "corner"]:
+        weights = weights_of(mask, (4, 4), rng)
+        scores = oracle_scores(features[2], weights, features)
+        best = best_windows(features[2], weights, make_source(source_kind, features))
+        np.testing.assert_allclose(best.scores, scores.reshape(12, -1).max(axis=1), atol=1e-5)
+
+
 # ---------------------------------------------------------------- options
 
 

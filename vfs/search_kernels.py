@@ -43,7 +43,7 @@ class WindowPlan:
     cells: tuple[tuple[int, int], ...]  # (i, j) of each non-zero weight inside the box, row-major
     columns: torch.Tensor  # (cells, C) float32: w^2 * q of each cell, divided by |q * w|
     square_weights: torch.Tensor  # (cells,) float32: w^2 of each cell
-    magnitude_matrix: torch.Tensor  # (offsets, H*W) float32: w^2 of the cell each position is in a window
+    magnitude_matrix: torch.Tensor  # (offsets, H*W) float32: w^2 of the cell a position is in a window
     height: int  # box height h, in cells
     width: int  # box width w, in cells
     grid: tuple[int, int]  # (H, W) of the dataset maps
@@ -144,7 +144,7 @@ def window_dots(features: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
 
 def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device: torch.device,
                 sq_norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Cosine of every window of a block of features (n, C, H, W), any float dtype -> (n, H'*W') float32.
+    """Cosine of every window of a block of features (n, C, H, W), any float dtype -> (n, H'*W').
 
     The heavy work runs in kernel calls of exactly `chunk` images (the last one padded with zeros),
     so an image's scores never depend on `n`. `sq_norms` (n, H, W) are the squared norms of the
@@ -177,7 +177,7 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
 
 
 def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Tensor | None) -> torch.Tensor:
-    """`score_block` through the numba kernel: (n, C, H, W) float16/float32 on the CPU -> (n, H'*W') float32."""
+    """`score_block` by the numba kernel: (n, C, H, W) float16/float32 on the CPU -> (n, H'*W') float32."""
     n, channels, height, width = features.shape
     if "fused" not in plan.matrices:
         plan.matrices["fused"] = (plan.columns.cpu().numpy(),  # (cells, C)
@@ -195,7 +195,7 @@ def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Ten
     if sq_norms is None:
         norms = np.full((n, height * width), -1.0, np.float32)  # (n, H*W): -1 = compute them
     else:
-        norms = sq_norms.reshape(n, -1).to(torch.float32).numpy().copy()  # (n, H*W), overwritten
+        norms = sq_norms.reshape(n, -1).to(torch.float32).contiguous().numpy()  # (n, H*W), only read
     out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
     search_numba.fused_scores(stored, channels_last=channels_last, columns=columns, positions=positions,
                               square_weights=square_weights, sq_norms=norms, out=out)

@@ -32,6 +32,12 @@ if AVAILABLE:
     _FASTMATH = {"reassoc", "contract"}  # lets the C-long sums vectorise; no assumptions about NaN/inf
     _HALF_SCALE = np.float32(2.0**112)
 
+    @numba.njit(inline="always", cache=True)
+    def _widen(h):
+        """float16 bits -> float32 bits of the same number divided by 2^112 (sign kept)."""
+        h = np.uint32(h)
+        return ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+
     @numba.njit(fastmath=_FASTMATH, cache=True)
     def _load(image, half, channels_last, scratch):
         """One stored image, (H*W, C) if channels_last else (C, H*W), into the float32 scratch (H*W, C)."""
@@ -42,14 +48,11 @@ if AVAILABLE:
             if channels_last:
                 source = image.reshape(-1)
                 for i in range(flat.size):
-                    h = np.uint32(source[i])
-                    bits[i] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+                    bits[i] = _widen(source[i])
             else:
                 for c in range(channels):
                     for p in range(positions):
-                        h = np.uint32(image[c, p])
-                        bits[p * channels + c] = (((h & np.uint32(0x7FFF)) << np.uint32(13))
-                                                  | ((h & np.uint32(0x8000)) << np.uint32(16)))
+                        bits[p * channels + c] = _widen(image[c, p])
             for i in range(flat.size):
                 flat[i] *= _HALF_SCALE
         elif channels_last:
