@@ -190,6 +190,7 @@ class DefaultBuild:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.message = "starting the default cache build"
+        self.fraction = 0.0  # of all the default builds, for a progress bar
         self.done = False
         self.error: str | None = None
         self.paths: dict[str, Path] = {}
@@ -209,6 +210,7 @@ class DefaultBuild:
         if len(args) >= 2 and all(isinstance(arg, int) for arg in args[:2]) and args[1]:
             parts = [f"{args[0]}/{args[1]} ({args[0] / args[1]:.0%})", *map(str, args[2:])]
         elif args and isinstance(args[0], float) and 0 <= args[0] <= 1:
+            self.fraction = args[0]
             parts = [f"{args[0]:.0%}", *map(str, args[1:])]
         self.message = " ".join(parts)
 

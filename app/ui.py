@@ -112,7 +112,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
     @readable
     def pick_cache(key, label):
         if not key:
-            return ("No cache selected.", [], 0, "page 1 of 1", gr.update(choices=[ALL_LABELS]), gr.update())
+            return ("No cache selected (or none built yet).", [], 0, "page 1 of 1", gr.update(choices=[ALL_LABELS]), gr.update())
         cache = library.open(key)
         items, pages = handlers.dataset_page(library, key, 0, per_page=PER_PAGE)
         meta = cache.meta
@@ -231,11 +231,12 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         if default_build is None:
             return gr.update(), gr.update(), gr.Timer(active=False)
         if not default_build.done:
-            status = f"⏳ Building the default caches (first start only): {default_build.message}"
+            status = (f"**Building the default caches** (first start only; the list fills in when done) "
+                      f"<progress value='{default_build.fraction:.3f}' max='1'></progress> {default_build.message}")
             return status, gr.update(), gr.Timer()
         library.refresh()
         choices = cache_choices()
-        status = (f"⚠️ The default cache build failed: {default_build.error}" if default_build.error else "")
+        status = f"**The default cache build failed:** {default_build.error}" if default_build.error else ""
         value = current if current in {v for _, v in choices} else (choices[0][1] if choices else None)
         return status, gr.update(choices=choices, value=value), gr.Timer(active=False)
 
@@ -270,7 +271,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                         picked_label = gr.Markdown("Pick an image below, upload one, or use an example.",
                                                    elem_id="vfs-picked", elem_classes="vfs-small")
                         with gr.Row(equal_height=True):
-                            random_button = gr.Button("🎲 Random image", size="sm", elem_id="vfs-random")
+                            random_button = gr.Button("Random image", size="sm", elem_id="vfs-random")
                             index_box = gr.Number(show_label=False, placeholder="image #", precision=0,
                                                   minimum=0, elem_id="vfs-index", min_width=90,
                                                   container=False)
