@@ -9,6 +9,7 @@ rate-limit switch answers every request with HTTP 429. It counts requests and by
         api = HfApi(endpoint=hub.endpoint)
         ...
         hub.stats.requests, hub.stats.bytes_served
+        hub.app.state.rate_limited = True                    # every request answered 429 from now on
 
 `python tests/hub_server.py ROOT [PORT [LATENCY_S [BYTES_PER_S]]]` serves ROOT from its own process
 (a network's latency and bandwidth imitated if given); `GET /_stats`, `POST /_stats/reset` for counters.
@@ -358,14 +359,6 @@ class HubServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         daemon=True)
-
-    @property
-    def rate_limited(self) -> bool:
-        return self.app.state.rate_limited
-
-    @rate_limited.setter
-    def rate_limited(self, value: bool) -> None:
-        self.app.state.rate_limited = value
 
     def start(self) -> Self:
         self._thread.start()

@@ -208,14 +208,14 @@ def test_rate_limit_and_no_network_have_their_own_errors(hub, pushed, tmp_path, 
 
     monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=lambda seconds: None))  # no backoff
     cache = _open(hub, revision=pushed.revision)
-    hub.rate_limited = True
+    hub.app.state.rate_limited = True
     try:
         with pytest.raises(RateLimitError, match="429"):
             _open(hub)  # resolving the tag
         with pytest.raises(RateLimitError, match=r"429.*features/c/1/0/0/0|features/c/1/0/0/0.*429"):
             cache[20]  # a chunk, after huggingface_hub's own retries
     finally:
-        hub.rate_limited = False
+        hub.app.state.rate_limited = False
     assert sum(status == 429 for _, _, status in hub.stats.requests) > 2  # it did retry
     dead = HubServer(tmp_path / "dead").start()
     dead.stop()  # a port nothing listens on
