@@ -100,17 +100,19 @@ def queries(cache, real: np.ndarray) -> dict[str, tuple]:
     return out
 
 
-class ZarrAsNCHW:
-    """The reference tool slices `cache[i:i+500]` and calls `len()`: a channels-last zarr array as NCHW."""
+class ContiguousNCHW:
+    """The reference tool calls `len()`, slices `[i:i+500]` and needs contiguous (n, C, H, W) blocks (it
+    uses `.view`): wrap a channels-last zarr array, or a FeatureCache, to give it that."""
 
-    def __init__(self, array: zarr.Array):
-        self.array = array
+    def __init__(self, source, *, channels_last: bool):
+        self.source, self.channels_last = source, channels_last
 
     def __len__(self) -> int:
-        return self.array.shape[0]
+        return self.source.shape[0]
 
     def __getitem__(self, index: slice) -> np.ndarray:
-        return np.asarray(self.array[index]).transpose(0, 3, 1, 2)  # (n, C, H, W)
+        block = np.asarray(self.source[index])
+        return np.ascontiguousarray(block.transpose(0, 3, 1, 2) if self.channels_last else block)  # (n, C, H, W)
 
 
 def reference(source, real: np.ndarray) -> tuple[np.ndarray, float]:
@@ -130,15 +132,59 @@ def reference(source, real: np.ndarray) -> tuple[np.ndarray, float]:
     return torch.topk(scores, 20).values.numpy(), seconds
 
 
+def loaders(count: int, out: Path) -> None:
+    """Decode + preprocess overlapped with the model: the builder's thread vs none vs a DataLoader worker."""
+    from torch.utils.data import DataLoader
+
+    from vfs.cache_build import build_cache
+
+    model = vfs.load_model("efficientnet_lite0")
+    spec, layer = f"fashion-mnist:test[:{count}]", "blocks.4"
+    data = open_dataset(spec)
+    preprocess = vfs.Preprocess(112, 112, model.preprocess.mean, model.preprocess.std, model.preprocess.interpolation)
+    extractor = vfs.FeatureExtractor(model.module, layer, batch_size=32)
+    extractor(preprocess([data[0].image]))  # warm up
+
+    def serial() -> None:
+        for first in range(0, count, 32):
+            extractor(preprocess([data[i].image for i in range(first, min(count, first + 32))]))
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return count
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return preprocess([data[index].image])[0]  # (3, 112, 112)
+
+    def worker() -> None:
+        for batch in DataLoader(Images(), batch_size=32, num_workers=1):
+            extractor(batch)
+
+    def builder() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        build_cache(model, layer, spec, out, input_size=112, resize=112, progress=False)
+
+    for name, run in (("no overlap (decode, then model)", serial), ("DataLoader, 1 worker process", worker),
+                      ("build_cache (loader thread, writes included)", builder)):
+        _, seconds = timed(run)
+        print(f"   {name:<46} {count / seconds:6.1f} images/s")
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--real", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("/tmp/vfs-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the caches written")
+    parser.add_argument("--loaders", type=int, default=1024, help="images for the loader comparison (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.loaders:
+        print(f"Fashion-MNIST at 112 px to blocks.4, {args.loaders} images, batch 32, 2 torch threads:")
+        loaders(args.loaders, args.out / "loaders")
     real, labels, items = real_features(args.real)
+    queries(torch.from_numpy(real).permute(0, 3, 1, 2), real)  # compile/warm the search kernels first
     raw = args.images * real[0].nbytes
     print(f"\n{args.images} images x {real.shape[3]}x{real.shape[1]}x{real.shape[2]} float16 = {raw / 1e9:.2f} GB raw")
     print(f"{'codec':<6}{'crc':<5}{'shard':>6}{'write s':>9}{'MB/s':>7}{'img/s':>8}{'features MB':>13}{'ratio':>7}"
@@ -162,9 +208,10 @@ def main() -> None:
               f"{first:>12.1f}{again:>7.1f}", flush=True)
         if reference_top is None:  # the reference tool, once, on this first variant's Zarr data
             ours = np.array([m.score for m in in_ram["3x3"][0]])
-            top, ref_zarr = reference(ZarrAsNCHW(zarr.open_group(out, mode="r")["features"]), real)
+            top, ref_zarr = reference(ContiguousNCHW(zarr.open_group(out, mode="r")["features"], channels_last=True),
+                                       real)
             loaded = open_cache(out, in_memory=True)
-            _, ref_ram = reference(loaded, real)
+            _, ref_ram = reference(ContiguousNCHW(loaded, channels_last=False), real)
             del loaded
             gap = float(np.abs(np.sort(top)[::-1] - ours).max())
             print(f"   reference visualfeaturesearch CachedSearchTool, 3x3 mask: {ref_zarr:.1f} s over the Zarr "

@@ -170,7 +170,7 @@ class BlockReader:
         self._checked: set[int] = set()
         self._kept: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
-        self._local = local_layout(array)  # (folder, compressed) for whole local shards, else None
+        self._local = local_layout(array)  # (folder, blosc?, crc32c?) to read whole local shards, else None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -229,9 +229,10 @@ class BlockReader:
             self._checked.add(block)
         try:
             if self._local is not None and start == block * self.rows and stop - start > 1:
-                folder, compressed = self._local
+                folder, compressed, checksum = self._local
                 return read_shard((folder / key).read_bytes(), rows=stop - start, per_shard=self.rows,
-                                  row_shape=self.shape[1:], dtype=self.dtype, compressed=compressed)
+                                  row_shape=self.shape[1:], dtype=self.dtype, compressed=compressed,
+                                  checksum=checksum)
             values = self.array[start:stop]
         except VFSError:  # the store's own errors (a remote store offline, rate limited...) say what happened
             raise

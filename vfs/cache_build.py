@@ -89,8 +89,8 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
         reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
         try:
             for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo, batch_size=batch_size):
-                _write_block(group, meta, block, items, _extract(extractor, images, dtype), thumbnails)
-                reporter.advance(len(items))
+                features = _extract(extractor, images, dtype, reporter=reporter)  # (n, H, W, C)
+                _write_block(group, meta, block, items, features, thumbnails)
         finally:
             reporter.close()
         _finish(group, meta)
@@ -184,9 +184,12 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
 
 
 @torch.inference_mode()
-def _extract(extractor: Any, images: list[torch.Tensor], dtype: str) -> torch.Tensor:
+def _extract(extractor: Any, images: list[torch.Tensor], dtype: str, *, reporter: _Reporter) -> torch.Tensor:
     """Batches of model input -> stored features (n, H, W, C) in the cache dtype."""
-    parts = [extractor(batch).to(getattr(torch, dtype)) for batch in images]  # each (B, C, H, W)
+    parts = []
+    for batch in images:
+        parts.append(extractor(batch).to(getattr(torch, dtype)))  # (B, C, H, W)
+        reporter.advance(len(batch))
     return torch.cat(parts).permute(0, 2, 3, 1).contiguous()  # (n, H, W, C)
 
 

@@ -4,7 +4,7 @@ Zarr's codec pipeline spends about a third of a millisecond per chunk; a cache s
 per chunk, so loading 50,000 images through it costs tens of seconds. Reading the shard file in one
 go and decoding its chunks in a plain loop is several times faster. Only the layout the cache
 builder writes is handled: sharding with the index at the end (`bytes` + `crc32c`), and inner
-codecs `bytes` (little endian), an optional `blosc`, then `crc32c`. Anything else returns None and
+codecs `bytes` (little endian), an optional `blosc`, then `crc32c` (optional too). Anything else returns None and
 the caller reads through zarr. Every checksum is verified; a problem raises `ValueError` saying what.
 """
 
@@ -22,8 +22,8 @@ from zarr.storage import LocalStore
 EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
 
 
-def local_layout(array: zarr.Array) -> tuple[Path, bool] | None:
-    """(folder the array's keys live under, blosc-compressed?) when the fast path applies, else None."""
+def local_layout(array: zarr.Array) -> tuple[Path, bool, bool] | None:
+    """(folder the array's keys live under, blosc?, crc32c?) when the fast path applies, else None."""
     store = array.store
     codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
     if not isinstance(store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
@@ -33,17 +33,18 @@ def local_layout(array: zarr.Array) -> tuple[Path, bool] | None:
     index = [type(codec) for codec in sharding.index_codecs]
     if sharding.index_location.value != "end" or index != [BytesCodec, Crc32cCodec]:
         return None
-    if inner not in ([BytesCodec, Crc32cCodec], [BytesCodec, BloscCodec, Crc32cCodec]):
+    if inner not in ([BytesCodec], [BytesCodec, Crc32cCodec], [BytesCodec, BloscCodec],
+                     [BytesCodec, BloscCodec, Crc32cCodec]):
         return None
     if sharding.codecs[0].endian is not None and sharding.codecs[0].endian.value != "little":
         return None
     if any(size != full for size, full in zip(sharding.chunk_shape[1:], array.shape[1:])) or sharding.chunk_shape[0] != 1:
         return None
-    return Path(store.root), BloscCodec in inner
+    return Path(store.root), BloscCodec in inner, Crc32cCodec in inner
 
 
 def read_shard(data: bytes, *, rows: int, per_shard: int, row_shape: tuple[int, ...], dtype: np.dtype,
-               compressed: bool) -> np.ndarray:
+               compressed: bool, checksum: bool = True) -> np.ndarray:
     """The first `rows` images (one chunk each) of a shard file's bytes -> (rows, *row_shape) array."""
     index_size = per_shard * 16 + 4
     if len(data) < index_size:
@@ -57,10 +58,11 @@ def read_shard(data: bytes, *, rows: int, per_shard: int, row_shape: tuple[int, 
     view = memoryview(data)
     for row in range(rows):
         offset, length = (int(v) for v in index[row])
-        if offset == EMPTY or offset + length > len(data) - index_size or length < 4:
+        tail = 4 if checksum else 0
+        if offset == EMPTY or offset + length > len(data) - index_size or length < tail:
             raise ValueError(f"chunk {row} is missing from the shard index")
-        payload, stored = view[offset:offset + length - 4], view[offset + length - 4:offset + length]
-        if crc32c(payload) != int.from_bytes(stored, "little"):
+        payload, stored = view[offset:offset + length - tail], view[offset + length - tail:offset + length]
+        if checksum and crc32c(payload) != int.from_bytes(stored, "little"):
             raise ValueError(f"chunk {row} fails its crc32c checksum")
         raw = blosc.decompress(payload) if compressed else payload
         if len(raw) != flat.shape[1]:
