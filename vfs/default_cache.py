@@ -9,8 +9,12 @@ Fashion-MNIST test set (10,000 images) through `efficientnet_lite0` at `blocks.4
 - Semantic level: `blocks.4` is stage 5 of 7 (112 channels, after the last stride-16 stage), late
   enough to respond to parts (collars, soles, straps) rather than edges, early enough to stay local.
 - Build time: 112 px costs about a quarter of 224 px per image, and the run stops at `blocks.4`.
-  FIELD_NOTES gives 8-11 minutes for 10,000 images at 224 px through the whole network on 2 cores;
-  measured here for this choice: see `BUILD_SECONDS_MEASURED` (and bench/cache.py's report).
+  FIELD_NOTES gives 8-11 minutes for 10,000 images at 224 px through the whole network on 2 cores.
+  Measured for this choice (both caches, `ensure_default_caches` on an empty root): 444 s wall on a
+  machine shared with several other jobs (load average about 10 on 2 cores), of which the build
+  itself used 127 s of CPU (87 s user + 40 s system): an estimated 1-2 minutes when the 2 cores are
+  free (not measured: the machine was never idle).
+  Loading, 28 -> 112 px resize and thumbnails run in a thread beside the model.
 - Size: 10,000 x 7 x 7 x 112 float16 = 110 MB of features, kept in RAM by `open_cache`.
 
 scikit-image's photos (19 images) through the same model and layer at its usual 224 px (resize 256,
@@ -30,7 +34,6 @@ from vfs.cache_build import build_cache
 from vfs.datasets import open_dataset
 
 MODEL = "efficientnet_lite0"
-BUILD_SECONDS_MEASURED = None  # filled in from the measured build below (None: not measured yet)
 
 
 @dataclass(frozen=True)
