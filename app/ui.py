@@ -277,7 +277,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                                   container=False)
                             open_index = gr.Button("Open #", size="sm", elem_id="vfs-open-index")
                         with gr.Accordion("Browse the dataset", open=True):
-                            dataset = gr.Gallery(columns=5, height=240, allow_preview=False,
+                            dataset = gr.Gallery(columns=4, height=250, allow_preview=False,
                                                  object_fit="contain", elem_id="vfs-dataset", format="png",
                                                  show_label=False)
                             with gr.Row(equal_height=True):
