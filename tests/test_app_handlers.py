@@ -360,3 +360,20 @@ def test_default_build_reports_progress_and_lists_its_caches(tmp_path, monkeypat
     entries = CacheLibrary(tmp_path, hub=False).refresh()
     assert [entry.path for entry in entries] == [build.paths["fashion-mnist"]]
     assert "12 images" in entries[0].title
+
+
+def test_hub_catalog_caches_are_listed_and_fail_readably_offline(tmp_path, monkeypatch):
+    entry = {"name": "fmnist-lite0-b4", "repo_id": "vfs-test/fmnist", "revision": "a" * 40,
+             "model": "efficientnet_lite0", "layer": "blocks.4", "dataset": "fashion-mnist:test", "n": 10000,
+             "grid": [7, 7], "channels": 112, "dtype": "float16", "size_bytes": 120 << 20}
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"caches": [entry]}))
+    monkeypatch.setenv("HUB_CACHES_CATALOG", str(catalog))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    library = CacheLibrary(tmp_path / "local", hub=True)
+    [listed] = library.refresh()
+    assert listed.key == "hub:fmnist-lite0-b4" and listed.revision == "a" * 40
+    assert "Hub: efficientnet_lite0 · blocks.4 · fashion-mnist:test — 10000 images, grid 7x7" in listed.title
+    with pytest.raises(vfs.VFSError, match="offline|OFFLINE"):
+        library.open(listed.key)
