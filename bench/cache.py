@@ -59,7 +59,7 @@ def write(out: Path, real: np.ndarray, labels: np.ndarray, items: list, *, image
     height, width, channels = real.shape[1:]
     meta = CacheMeta(schema=SCHEMA, model="efficientnet_lite0", weights_id="bench", layer="bn2[:512]",
                      preprocess={"size": 256, "crop": 224}, input_size=224, grid=(height, width),
-                     channels=channels, dtype="float16", count=images, shard_size=shard, codec=codec,
+                     channels=channels, dtype="float16", count=images, shard_size=shard, batch_size=32, codec=codec,
                      checksum=checksum, thumbnail=28, dataset=f"fashion-mnist tiled x{images // len(real)}",
                      dataset_fingerprint="bench", label_names=tuple("0123456789"),
                      arrays=("features", "thumbnails", "sq_norms", "labels", "image_sizes", "ids"),

@@ -19,6 +19,7 @@ import queue
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -75,7 +76,7 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     meta = CacheMeta(
         schema=SCHEMA, model=loaded.name, weights_id=loaded.weights_id, layer=layer,
         preprocess=_fields(preprocess), input_size=preprocess.crop, grid=(height, width), channels=channels,
-        dtype=dtype, count=len(data), shard_size=shard_size, codec=codec, checksum=checksum,
+        dtype=dtype, count=len(data), shard_size=shard_size, batch_size=batch_size, codec=codec, checksum=checksum,
         thumbnail=thumbnail, dataset=data.name, dataset_fingerprint=data.fingerprint(),
         label_names=tuple(data.label_names), arrays=arrays, versions=_versions(),
         created=_now(), finished=None, status="building")
@@ -120,6 +121,10 @@ def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zar
                 lines = "; ".join(f"{key}: cache has {old!r}, asked for {new!r}" for key, (old, new) in differ.items())
                 raise CacheMismatchError(f"{out} holds a cache built differently ({lines}); use another --out "
                                          "folder, or pass overwrite=True to replace it")
+            if found.batch_size != meta.batch_size:
+                warnings.warn(f"resuming {out} with batch size {meta.batch_size}, it was started with "
+                              f"{found.batch_size}: features will differ in rounding from an uninterrupted build",
+                              stacklevel=3)
             return group, found
     if out.exists() and any(out.iterdir()):
         if not overwrite and not (out / "zarr.json").exists():

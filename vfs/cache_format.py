@@ -65,6 +65,7 @@ class CacheMeta:
     dtype: str                     # "float16" or "float32"
     count: int                     # N images
     shard_size: int                # images per shard / block
+    batch_size: int                # images per forward pass (batches never straddle a block)
     codec: str                     # compressor of the features ("none", "lz4", "zstd")
     checksum: bool                 # crc32c on every chunk
     thumbnail: int                 # thumbnail side in pixels
@@ -84,7 +85,7 @@ class CacheMeta:
 
     def identity(self) -> dict[str, Any]:
         """What must match for two builds to be the same cache (everything but times and versions)."""
-        skip = ("versions", "created", "finished", "status")
+        skip = ("versions", "created", "finished", "status", "batch_size")
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
 
     def to_attrs(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class CacheMeta:
         values["grid"] = tuple(values["grid"])
         values["label_names"] = tuple(values["label_names"])
         values["arrays"] = tuple(values["arrays"])
+        values.setdefault("batch_size", 32)  # caches written before the field existed used the default
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     def make_preprocess(self):
@@ -112,7 +114,7 @@ class CacheMeta:
         extra += "" if self.shard_size == SHARD else f" --shard-size {self.shard_size}"
         extra += f" --resize {self.preprocess['size']}"
         return (f"python -m vfs index --model {self.model} --layer {self.layer} --dataset '{self.dataset}' "
-                f"--out {out} --dtype {self.dtype} --input-size {self.input_size}{extra}")
+                f"--out {out} --dtype {self.dtype} --input-size {self.input_size} --batch-size {self.batch_size}{extra}")
 
 
 def _plain(value: Any) -> Any:
