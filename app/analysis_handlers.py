@@ -138,7 +138,7 @@ def overlay_images(shown: Shown, image_index: int, row: int, col: int) -> list[t
 
 def _heat(image: Image.Image, values: np.ndarray, scale: float) -> Image.Image:
     """`image` under a diverging heatmap of `values` (h, w): red positive, blue negative, bilinear."""
-    h, w = values.shape
+    _h, _w = values.shape
     scaled = np.clip(values / max(scale, 1e-12), -1.0, 1.0)  # (h, w)
     small = Image.fromarray(((scaled + 1.0) * 127.5).astype(np.uint8))
     big = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), np.float32) / 127.5 - 1.0  # (S, S)
@@ -203,7 +203,7 @@ def sensitivity_spec(library: CacheLibrary, outcome: Outcome | None, row: int, c
     preprocess = library.preprocess(cache)
     extractor = library.extractor(cache.meta.model, cache.meta.layer, preprocess=preprocess)
     pixels = preprocess(Image.fromarray(np.asarray(outcome.query.image)))[0]  # (3, S, S)
-    steps = {"rotate": dict(angles=ANGLES), "scale": dict(scales=SCALES)}
+    steps = {"rotate": {"angles": ANGLES}, "scale": {"scales": SCALES}}
     if kind not in steps:
         raise SearchError(f"kind={kind!r} is not known: use 'rotate' or 'scale'")
     result = transform_sensitivity(pixels, extractor, row, col, **steps[kind])

@@ -112,12 +112,11 @@ def build_analysis_tab(ctx) -> None:
                     "pointer (yellow): lighter means more similar, black is the least similar cell shown "
                     "(Fong et al., Interactive Similarity Overlays).")
         overlays = gr.HTML(analysis.overlay_html(None), js_on_load=OVERLAY_JS, elem_id="vfs-overlays")
-    with gr.Accordion("Overlays by clicking (without the page script)", open=False):
-        with gr.Row():
-            query_view = gr.Image(label="click a cell of the query", type="pil", interactive=False,
-                                  elem_id="vfs-ov-query", height=260)
-            clicked = gr.Gallery(label="similarity to the clicked cell", columns=3, height=420,
-                                 elem_id="vfs-ov-clicked", format="png")
+    with gr.Accordion("Overlays by clicking (without the page script)", open=False), gr.Row():
+        query_view = gr.Image(label="click a cell of the query", type="pil", interactive=False,
+                              elem_id="vfs-ov-query", height=260)
+        clicked = gr.Gallery(label="similarity to the clicked cell", columns=3, height=420,
+                             elem_id="vfs-ov-clicked", format="png")
     with gr.Accordion("Why this result? Similarity decomposition of pooled embeddings", open=False):
         with gr.Row():
             rank = gr.Slider(1, 5, value=1, step=1, label="result #", elem_id="vfs-why-rank")

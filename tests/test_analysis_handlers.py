@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,8 +64,8 @@ def setup(tmp_path_factory):
 
 def test_handlers_do_not_import_gradio():
     # other tests may load gradio into sys.modules, so read the source instead
-    source = open(analysis.__file__).read()
-    assert not re.search(r"^\s*(import gradio|from gradio)", source, re.M)
+    source = Path(analysis.__file__).read_text()
+    assert not re.search(r"^\s*(import gradio|from gradio)", source, re.MULTILINE)
 
 
 def test_shown_images_are_the_query_then_its_results(setup):

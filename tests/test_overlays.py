@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -104,7 +106,7 @@ def test_nmf_error_decreases_with_components_and_maps_are_non_negative():
     loadings = rng.random((3, 6, 6, 4)) ** 3
     features = np.einsum("nhwk,kc->nchw", loadings, parts) + 0.01 * rng.random((3, 12, 6, 6))
     errors = [factorize(features, k=k).reconstruction_error for k in (1, 2, 3, 4)]
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert all(b < a for a, b in itertools.pairwise(errors)), errors
     four = factorize(features, k=4)
     assert four.maps.shape == (3, 4, 6, 6) and four.components.shape == (4, 12)
     assert (four.maps >= 0).all() and (four.components >= 0).all()

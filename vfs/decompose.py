@@ -75,7 +75,7 @@ def surrogate(features: torch.Tensor, *, pooling: str = "avg") -> torch.Tensor:
     reach it, divided by how many do (ties split evenly), zero elsewhere.
     """
     _check_pooling(pooling)
-    c, h, w = features.shape
+    _c, h, w = features.shape
     if pooling == "avg":
         return features / (h * w)  # (C, H, W)
     peaks = features.amax(dim=(1, 2), keepdim=True)  # (C, 1, 1)

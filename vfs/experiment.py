@@ -60,8 +60,8 @@ def _box_options(cache, queries: np.ndarray, use_boxes: bool) -> dict:
     missing = [int(q) for q in queries if len(cache.boxes[q]) == 0]
     if missing:
         raise VFSError(f"{len(missing)} query images have no box (first: {missing[0]}): drop --boxes")
-    return dict(boxes=[cache.boxes[q][0] for q in queries], image_sizes=cache.image_sizes,
-                preprocess=cache.meta.make_preprocess())
+    return {"boxes": [cache.boxes[q][0] for q in queries], "image_sizes": cache.image_sizes,
+            "preprocess": cache.meta.make_preprocess()}
 
 
 def _per_label(cache, queries: np.ndarray, values: dict[str, np.ndarray]) -> list[dict]:

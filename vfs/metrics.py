@@ -17,6 +17,7 @@ experiment` (in `vfs.experiment`) runs these on caches and prints tables.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,7 +161,7 @@ def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list
     """Rows `{low, high, count, mean}` of `values` grouped by `keys` into `[edges[i], edges[i+1])`."""
     values, keys = np.asarray(values, np.float64), np.asarray(keys, np.float64)
     rows = []
-    for low, high in zip(edges, edges[1:]):
+    for low, high in itertools.pairwise(edges):
         inside = (keys >= low) & (keys < high) & ~np.isnan(values)
         mean = float(values[inside].mean()) if inside.any() else float("nan")
         rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()), "mean": mean})

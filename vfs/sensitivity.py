@@ -107,7 +107,7 @@ def transform_sensitivity(
     image = torch.as_tensor(image).to(torch.float32)
     if image.ndim != 3:
         raise SearchError(f"image must be one (3, H, W) tensor, got shape {tuple(image.shape)}")
-    transforms = [dict(angle=float(s)) if kind == "rotate" else dict(scale=float(s)) for s in steps]
+    transforms = [{"angle": float(s)} if kind == "rotate" else {"scale": float(s)} for s in steps]
     copies = torch.stack([image] + [transform_image(image, **t) for t in transforms])  # (1+T, 3, H, W)
     with torch.no_grad():
         parts = [torch.as_tensor(extract(copies[i : i + batch])) for i in range(0, len(copies), batch)]

@@ -15,19 +15,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import skimage.data  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import skimage.data
+import torch
+from PIL import Image
 
-from vfs.cache import open_cache  # noqa: E402
-from vfs.decompose import decompose  # noqa: E402
-from vfs.features import FeatureExtractor  # noqa: E402
-from vfs.models import load_model  # noqa: E402
-from vfs.overlays import layer_similarity_grids, map_cell  # noqa: E402
-from vfs.search import search  # noqa: E402
-from vfs.sensitivity import transform_sensitivity  # noqa: E402
+from vfs.cache import open_cache
+from vfs.decompose import decompose
+from vfs.features import FeatureExtractor
+from vfs.models import load_model
+from vfs.overlays import layer_similarity_grids, map_cell
+from vfs.search import search
+from vfs.sensitivity import transform_sensitivity
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 LAYERS = ("blocks.3", "blocks.5")

@@ -15,8 +15,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def load(folder: Path, name: str) -> dict | None:
@@ -56,6 +56,8 @@ def histogram(ax, record: dict, title: str) -> None:
         counts = np.asarray(record["histogram"][kind], dtype=float)
         ax.plot(centres, counts / counts.sum() / np.diff(edges), color=colour,
                 label="same label" if kind == "same" else "other labels")
+    filled = np.flatnonzero(np.asarray(record["histogram"]["same"]) + np.asarray(record["histogram"]["other"]))
+    ax.set_xlim(edges[filled[0]] - 0.05, min(1.0, edges[filled[-1] + 1] + 0.05))
     ax.set_xlabel("best-window cosine to the query")
     ax.set_ylabel("density")
     ax.set_title(f"{title}\npooled AUROC {record['pooled_auroc']:.3f}", fontsize=10)
