@@ -93,8 +93,8 @@ def run_shared(args) -> dict:
         raise VFSError(f"{args.cache} and {args.other} were built from different datasets "
                        f"({a.meta.dataset} vs {b.meta.dataset}): compare caches of the same images")
     queries = choose_queries(len(a), args.queries, seed=args.seed)
-    shared = metrics.shared_neighbours(metrics.neighbours(a, queries, k=args.k),
-                                       metrics.neighbours(b, queries, k=args.k))
+    shared = metrics.shared_neighbours(metrics.neighbours(a, queries, k=args.k, **_box_options(a, queries, args.boxes)),
+                                       metrics.neighbours(b, queries, k=args.k, **_box_options(b, queries, args.boxes)))
     rows = _per_label(a, queries, {f"shared@{args.k}": shared.astype(float)})
     return {"rows": rows, "columns": ["label", "queries", f"shared@{args.k}"],
             "note": f"{a.meta.model} {a.meta.layer} vs {b.meta.model} {b.meta.layer}",
