@@ -26,11 +26,11 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import vfs  # noqa: E402
-from vfs.cache import open_cache  # noqa: E402
-from vfs.cache_build import _finish, _open_or_create, _write_block, _versions  # noqa: E402
-from vfs.cache_format import SCHEMA, CacheMeta  # noqa: E402
-from vfs.datasets import ImageItem, open_dataset  # noqa: E402
+import vfs
+from vfs.cache import open_cache
+from vfs.cache_build import _finish, _open_or_create, _versions, _write_block
+from vfs.cache_format import SCHEMA, CacheMeta
+from vfs.datasets import ImageItem, open_dataset
 
 VARIANTS = [  # (codec, crc32c, images per shard)
     ("none", True, 1024), ("lz4", True, 1024), ("zstd", True, 1024),

@@ -236,7 +236,7 @@ def test_skimage_photos_cache(model, tmp_path):
     assert cache.verify() == 6 * 3
     group = zarr.open_group(cache.where, mode="r")  # zarr's own decoding == the shard-file fast path
     np.testing.assert_array_equal(cache[:], group["features"][:].transpose(0, 3, 1, 2))  # last shard: 3 of 8
-    np.testing.assert_array_equal(np.asarray(cache.thumbnail(18)), group["thumbnails"][18][:37, :96])  # "text", 172 x 448
+    np.testing.assert_array_equal(np.asarray(cache.thumbnail(18)), group["thumbnails"][18][:37, :96])  # "text"
 
 
 def test_array_dataset_build_is_deterministic(model, tmp_path):
@@ -253,7 +253,7 @@ def test_array_dataset_build_is_deterministic(model, tmp_path):
 
 
 def test_default_caches_build_once_then_reuse(tmp_path, monkeypatch):
-    import vfs.default_cache as default_cache
+    from vfs import default_cache
 
     monkeypatch.setattr(default_cache, "DEFAULTS", {
         "fashion-mnist": default_cache.DefaultCache("fashion-mnist:test[:24]", "blocks.4", 64, 64),

@@ -11,7 +11,12 @@ import pytest
 from PIL import Image
 
 from vfs.datasets import (
-    FASHION_MNIST_DIR, FASHION_MNIST_LABELS, FashionMNIST, FolderDataset, from_torchvision, open_dataset,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_LABELS,
+    FashionMNIST,
+    FolderDataset,
+    from_torchvision,
+    open_dataset,
 )
 from vfs.errors import DatasetError
 

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,16 @@ import zarr
 from PIL import Image
 
 from vfs.cache_format import (
-    ARRAYS, CODEC, SCHEMA, SHARD, SHARDED, THUMBNAIL, CacheMeta, block_key, compressors, stored_size,
+    ARRAYS,
+    CODEC,
+    SCHEMA,
+    SHARD,
+    SHARDED,
+    THUMBNAIL,
+    CacheMeta,
+    block_key,
+    compressors,
+    stored_size,
     thumbnail_size,
 )
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
@@ -247,6 +256,7 @@ def _fields(preprocess: Any) -> dict[str, Any]:
 
 def _versions() -> dict[str, str]:
     import numcodecs
+
     import vfs
 
     return {"vfs": vfs.__version__, "torch": torch.__version__, "zarr": zarr.__version__,
@@ -254,7 +264,7 @@ def _versions() -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class _Reporter:

@@ -114,7 +114,8 @@ class CacheMeta:
         extra += "" if self.shard_size == SHARD else f" --shard-size {self.shard_size}"
         extra += f" --resize {self.preprocess['size']}"
         return (f"python -m vfs index --model {self.model} --layer {self.layer} --dataset '{self.dataset}' "
-                f"--out {out} --dtype {self.dtype} --input-size {self.input_size} --batch-size {self.batch_size}{extra}")
+                f"--out {out} --dtype {self.dtype} --input-size {self.input_size} "
+                f"--batch-size {self.batch_size}{extra}")
 
 
 def _plain(value: Any) -> Any:

@@ -22,9 +22,10 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -59,7 +60,7 @@ class ImageDataset:
     """Base of the datasets here: a sized sequence of `ImageItem`s with a name and a fingerprint."""
 
     name: str = ""
-    label_names: list[str] = []
+    label_names: list[str]  # label index -> name (set by every dataset)
     has_domains: bool = False  # items carry a domain (a cache then stores them)
     has_boxes: bool = False    # items carry boxes
 
@@ -195,9 +196,8 @@ class FolderDataset(ImageDataset):
         try:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 raise OSError("not an image suffix")
-            with Image.open(file) as image:  # reads the header only
-                image.size
-            return True
+            with Image.open(file):  # reads and checks the header only
+                return True
         except OSError:
             self.skipped.append(rel)
             return False

@@ -85,7 +85,7 @@ def ensure_default_caches(root: Path | None = None, *,
             if progress is not None:
                 progress((offset + fraction * share) / total, f"{name}: {message}")
 
-        options = dict(input_size=spec.input_size, resize=spec.resize, progress=report if progress else False)
+        options = {"input_size": spec.input_size, "resize": spec.resize, "progress": report if progress else False}
         try:
             build_cache(model, spec.layer, spec.dataset, paths[name], **options)
         except CacheMismatchError:  # built by another version of these defaults: the app owns it, replace it

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crc32c import crc32c
 import numpy as np
 import zarr
+from crc32c import crc32c
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.storage import LocalStore
@@ -38,7 +38,7 @@ def local_layout(array: zarr.Array) -> tuple[Path, bool, bool] | None:
         return None
     if sharding.codecs[0].endian is not None and sharding.codecs[0].endian.value != "little":
         return None
-    if any(size != full for size, full in zip(sharding.chunk_shape[1:], array.shape[1:])) or sharding.chunk_shape[0] != 1:
+    if tuple(sharding.chunk_shape) != (1, *array.shape[1:]):  # one image per chunk
         return None
     return Path(store.root), BloscCodec in inner, Crc32cCodec in inner
 
