@@ -142,7 +142,7 @@ def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, han
             f"image #{state.index} of {state.cache_key!r} is {cache.ids[state.index]!r}, not {state.image_id!r} "
             "as when the state was made: the cache changed; make a new state string"
         )
-    image = handlers.display_image(cache, state.index)
+    image = handlers.display_image(library, state.cache_key, state.index)
     mask = state.mask
     if mask.shape != image.shape[:2]:
         mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))

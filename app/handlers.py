@@ -33,10 +33,10 @@ class Picked:
 # ---- dataset images
 
 
-def display_image(cache, index: int) -> np.ndarray:
+def display_image(library: CacheLibrary, cache_key: str, index: int) -> np.ndarray:
     """Dataset image `index` as shown for painting: (H, W, 3) uint8 at `drawing.QUERY_SIDE`."""
-    check_index(cache, index)
-    return np.asarray(drawing.upscale(cache.thumbnail(int(index)), side=drawing.QUERY_SIDE))
+    check_index(library.open(cache_key), index)
+    return np.asarray(drawing.upscale(library.picture(cache_key, int(index)), side=drawing.QUERY_SIDE))
 
 
 def check_index(cache, index: int) -> None:
@@ -99,7 +99,7 @@ def read_query(
         and 0 <= picked.index < cache.shape[0]
         and cache.ids[picked.index] == picked.image_id
     ):
-        shown = display_image(cache, picked.index)
+        shown = display_image(library, cache_key, picked.index)
         if shown.shape == image.shape and np.array_equal(shown, image):
             index, image_id = picked.index, picked.image_id
     return Query(cache_key=cache_key, image=image, mask=mask, index=index, image_id=image_id), notes
@@ -253,7 +253,7 @@ def result_items(
     grid = tuple(cache.shape[2:])
     items = []
     for rank_, match in enumerate(outcome.matches, start=1):
-        thumb = drawing.upscale(cache.thumbnail(match.index), side=side)
+        thumb = drawing.upscale(library.picture(outcome.query.cache_key, match.index), side=side)
         box = window_to_box(
             match.row,
             match.col,

@@ -18,6 +18,7 @@ from vfs.errors import CacheError
 
 log = logging.getLogger(__name__)
 
+PICTURES_KEPT = 512  # original images kept decoded (for painting on and for results)
 THUMBNAILS_KEPT = 4096  # thumbnails kept decoded per cache (about 30 KB each at 96 px)
 HUB_PREFIX = "hub:"  # keys of Hub caches: "hub:<catalog name>"; local keys are paths under root
 
@@ -66,6 +67,8 @@ class CacheLibrary:
         self._caches: dict[str, object] = {}
         self._models: dict[str, object] = {}
         self._extractors: dict[tuple, object] = {}
+        self._datasets: dict[str, object | None] = {}
+        self.picture = functools.lru_cache(maxsize=PICTURES_KEPT)(self._picture)
         self._lock = threading.RLock()
 
     # ---- listing
@@ -122,6 +125,29 @@ class CacheLibrary:
             cache.thumbnail = functools.lru_cache(maxsize=THUMBNAILS_KEPT)(cache.thumbnail)
             self._caches[key] = cache
             return cache
+
+    def _picture(self, key: str, index: int):
+        """Image `index` of cache `key` (PIL): the original when the cache's dataset is on this machine
+        (same fingerprint), else the stored thumbnail (at most `meta.thumbnail` pixels a side)."""
+        cache = self.open(key)
+        dataset = self.dataset(key)
+        return dataset[int(index)].image if dataset is not None else cache.thumbnail(int(index))
+
+    def dataset(self, key: str):
+        """The image source a local cache was built from, when it opens here with the same fingerprint."""
+        with self._lock:
+            if key not in self._datasets:
+                from vfs.datasets import open_dataset
+
+                meta = self.open(key).meta
+                try:
+                    dataset = open_dataset(meta.dataset)
+                    dataset = dataset if dataset.fingerprint() == meta.dataset_fingerprint else None
+                except Exception as error:  # noqa: BLE001 -- not on this machine: thumbnails it is
+                    log.info("dataset %r not available for originals (%s); showing thumbnails", meta.dataset, error)
+                    dataset = None
+                self._datasets[key] = dataset
+            return self._datasets[key]
 
     def model(self, name: str):
         """`vfs.load_model(name)`, loaded once."""

@@ -135,7 +135,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
 
     def put_image(key, index):
         cache = library.open(key)
-        image = handlers.display_image(cache, index)
+        image = handlers.display_image(library, key, index)
         picked = handlers.Picked(cache_key=key, index=int(index), image_id=cache.ids[int(index)])
         value = editor_module.editor_value(image)
         index = int(index)

@@ -120,7 +120,7 @@ def test_state_in_the_url_reproduces_a_query(page, url, caches):
     library.refresh()
     key = "fmnist-blocks5"
     cache = library.open(key)
-    image = handlers.display_image(cache, 7)
+    image = handlers.display_image(library, key, 7)
     mask = np.zeros(image.shape[:2], bool)
     mask[150:330, 40:200] = True
     picked = handlers.Picked(cache_key=key, index=7, image_id=cache.ids[7])

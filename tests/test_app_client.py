@@ -53,7 +53,7 @@ def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
     library = CacheLibrary(caches, hub=False)
     library.refresh()
     cache = library.open(FMNIST)
-    image = handlers.display_image(cache, 7)
+    image = handlers.display_image(library, FMNIST, 7)
     mask = np.zeros(image.shape[:2], bool)
     mask[60:260, 80:300] = True
     gallery, summary, *_ = client.predict(
@@ -73,7 +73,7 @@ def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
 def test_empty_mask_is_a_message_not_a_trace(client, caches, tmp_path):
     cache = CacheLibrary(caches, hub=False)
     cache.refresh()
-    image = handlers.display_image(cache.open(FMNIST), 0)
+    image = handlers.display_image(cache, FMNIST, 0)
     with pytest.raises(gradio_client.exceptions.AppError, match="mask is empty"):
         client.predict(
             FMNIST,
@@ -89,7 +89,7 @@ def test_empty_mask_is_a_message_not_a_trace(client, caches, tmp_path):
 def test_picked_query_is_shared_and_loads_back(client, caches, tmp_path):
     library = CacheLibrary(caches, hub=False)
     library.refresh()
-    image = handlers.display_image(library.open(FMNIST), 12)
+    image = handlers.display_image(library, FMNIST, 12)
     client.predict(FMNIST, 12, api_name="/open_image")  # the session now holds the pick
     mask = np.zeros(image.shape[:2], bool)
     mask[100:300, 50:200] = True

@@ -39,7 +39,7 @@ def stroke_value(image: np.ndarray, box: tuple[int, int, int, int], *, layers: i
 
 def dataset_value(library, key, index, box):
     cache = library.open(key)
-    image = handlers.display_image(cache, index)
+    image = handlers.display_image(library, key, index)
     picked = handlers.Picked(cache_key=key, index=index, image_id=cache.ids[index])
     return stroke_value(image, box), picked
 
@@ -377,3 +377,21 @@ def test_hub_catalog_caches_are_listed_and_fail_readably_offline(tmp_path, monke
     assert "Hub: efficientnet_lite0 · blocks.4 · fashion-mnist:test — 10000 images, grid 7x7" in listed.title
     with pytest.raises(vfs.VFSError, match="offline|OFFLINE"):
         library.open(listed.key)
+
+
+def test_originals_are_shown_when_the_dataset_is_here_else_thumbnails(library, tmp_path, lite0):
+    cache = library.open(PHOTOS)
+    index = cache.ids.index("astronaut")
+    original = library.picture(PHOTOS, index)
+    assert (original.height, original.width) == tuple(cache.image_sizes[index]) == (512, 512)
+    from vfs.datasets import ArrayDataset
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (200, 150, 3), dtype=np.uint8) for _ in range(3)]
+    vfs.build_cache(lite0, "blocks.5", ArrayDataset(images, name="in-memory-only"), tmp_path / "mem",
+                    input_size=64, progress=False)
+    elsewhere = CacheLibrary(tmp_path, hub=False)
+    [entry] = elsewhere.refresh()
+    picture = elsewhere.picture(entry.key, 1)  # the dataset cannot be reopened: the stored thumbnail
+    assert np.array_equal(np.asarray(picture), np.asarray(elsewhere.open(entry.key).thumbnail(1)))
+    assert max(picture.size) == elsewhere.open(entry.key).meta.thumbnail
