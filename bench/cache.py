@@ -8,8 +8,8 @@ channels, 7 x 7 at 224 px) of `--real` Fashion-MNIST test images, tiled to `--im
 image), so tiling does not flatter the ratios. Each variant is written through the cache builder's
 own block writer, then opened with `open_cache` in memory and streamed, and queried with
 `vfs.search` (a 3 x 3 window and the full 7 x 7 mask). The reference package `visualfeaturesearch`
-(`CachedSearchTool`, zarr 2 era) runs on the same Zarr data through a small `__len__` wrapper, and
-on the same values in memory. All times are wall-clock on this shared 2-core machine, warm page cache.
+(`CachedSearchTool`, zarr 2 era) runs on the same Zarr data through a small `__len__` wrapper.
+All times are wall-clock on this shared 2-core machine, warm page cache.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from vfs.datasets import ImageItem, open_dataset
 
 VARIANTS = [  # (codec, crc32c, images per shard)
     ("none", True, 1024), ("lz4", True, 1024), ("zstd", True, 1024),
-    ("none", False, 1024), ("lz4", False, 1024), ("lz4", True, 256), ("lz4", True, 4096),
+    ("lz4", False, 1024), ("lz4", True, 256), ("lz4", True, 4096),
 ]
 
 
@@ -210,13 +210,10 @@ def main() -> None:
             ours = np.array([m.score for m in in_ram["3x3"][0]])
             top, ref_zarr = reference(ContiguousNCHW(zarr.open_group(out, mode="r")["features"], channels_last=True),
                                        real)
-            loaded = open_cache(out, in_memory=True)
-            _, ref_ram = reference(ContiguousNCHW(loaded, channels_last=False), real)
-            del loaded
             gap = float(np.abs(np.sort(top)[::-1] - ours).max())
             print(f"   reference visualfeaturesearch CachedSearchTool, 3x3 mask: {ref_zarr:.1f} s over the Zarr "
-                  f"array, {ref_ram:.1f} s over the same values in RAM (vfs in RAM: {in_ram['3x3'][2]:.2f} s, "
-                  f"x{ref_ram / in_ram['3x3'][2]:.0f}); top-20 scores differ by at most {gap:.1e}")
+                  f"array (vfs: {in_ram['3x3'][2]:.2f} s in RAM, {again:.1f} s streamed); top-20 scores differ "
+                  f"by at most {gap:.1e}")
             reference_top = top
         if not args.keep:
             shutil.rmtree(out)
