@@ -7,9 +7,11 @@ tests call them directly with synthetic editor values.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -37,6 +39,21 @@ def display_image(library: CacheLibrary, cache_key: str, index: int) -> np.ndarr
     """Dataset image `index` as shown for painting: (H, W, 3) uint8 at `drawing.QUERY_SIDE`."""
     check_index(library.open(cache_key), index)
     return np.asarray(drawing.upscale(library.picture(cache_key, int(index)), side=drawing.QUERY_SIDE))
+
+
+def example_images() -> list[str]:
+    """A few bundled photos (scikit-image) written once to a temp folder, for the Examples row."""
+    from skimage import data
+
+    folder = Path(tempfile.gettempdir()) / "vfs-examples"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for name in ("chelsea", "astronaut", "coffee", "rocket"):
+        path = folder / f"{name}.png"
+        if not path.exists():
+            Image.fromarray(getattr(data, name)()).save(path)
+        paths.append(str(path))
+    return paths
 
 
 def check_index(cache, index: int) -> None:

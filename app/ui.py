@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 from gradio.components.plot import PlotData
@@ -77,22 +75,6 @@ def readable(fn):
 def options_from(k, exclude, unique, only_label) -> SearchOptions:
     return SearchOptions(k=int(k), exclude_query=bool(exclude), unique=UNIQUE_LABELS.get(unique, unique),
                          only_label=None if only_label in (None, "", ALL_LABELS) else only_label)
-
-
-def example_images() -> list[str]:
-    """A few bundled photos (scikit-image) written once to a temp folder, for the Examples row."""
-    from PIL import Image
-    from skimage import data
-
-    folder = Path(tempfile.gettempdir()) / "vfs-examples"
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for name in ("chelsea", "astronaut", "coffee", "rocket"):
-        path = folder / f"{name}.png"
-        if not path.exists():
-            Image.fromarray(getattr(data, name)()).save(path)
-        paths.append(str(path))
-    return paths
 
 
 CSS = """
@@ -284,7 +266,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                 prev_page = gr.Button("◀ previous", size="sm", elem_id="vfs-prev")
                                 page_label = gr.Markdown("page 1 of 1", elem_id="vfs-page")
                                 next_page = gr.Button("next ▶", size="sm", elem_id="vfs-next")
-                        gr.Examples(example_images(), inputs=[editor],
+                        gr.Examples(handlers.example_images(), inputs=[editor],
                                     label="Example photos (uploaded queries)")
                     with gr.Column(scale=6):
                         with gr.Group():
