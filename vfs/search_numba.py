@@ -27,6 +27,7 @@ except ImportError:  # the torch path covers everything; this one is only faster
 
 AVAILABLE = numba is not None and os.environ.get("VFS_NUMBA", "1") != "0"
 _LOCK = threading.Lock()  # one parallel region at a time, whatever threads call search
+CHUNK_IMAGES = 32  # images a thread takes at a time: a thread slowed by other jobs holds up no one
 
 if AVAILABLE:
     _FASTMATH = {"reassoc", "contract"}  # lets the C-long sums vectorise; no assumptions about NaN/inf
@@ -143,5 +144,9 @@ def fused_scores(features: np.ndarray, *, channels_last: bool, columns: np.ndarr
     (cells,) float32; sq_norms (n, H*W) float32, filled with -1 to have them computed (overwritten).
     """
     with _LOCK:
-        _score_block(features, features.dtype == np.uint16, channels_last, columns, positions, square_weights,
-                     sq_norms, out)
+        previous = numba.set_parallel_chunksize(CHUNK_IMAGES)  # threads take work as they free up
+        try:
+            _score_block(features, features.dtype == np.uint16, channels_last, columns, positions,
+                         square_weights, sq_norms, out)
+        finally:
+            numba.set_parallel_chunksize(previous)
