@@ -111,7 +111,7 @@ def push_command(argv: list[str]) -> int:
     parser.add_argument("--repo", required=True, help="dataset repo id ORG/NAME (created if missing)")
     parser.add_argument("--tag", help="tag to create on the commit, e.g. v1 (must not exist yet)")
     parser.add_argument("--codec", default="zstd", choices=("zstd", "lz4"),
-                        help="feature compression: zstd (smaller, default) or lz4 (faster to decode)")
+                        help="feature compression: zstd (default, ~1.16x on real features) or lz4 (~1.0x)")
     parser.add_argument("--name", help="catalog name (default: the repo name)")
     parser.add_argument("--license", default="other", help="license for the card (default: other)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
