@@ -6,7 +6,7 @@ Hugging Face cache (see `remote.fetch`). Two rules keep it from ever being silen
 
 - a key the manifest does not list is answered `None` only for metadata (so Zarr can probe);
   a missing chunk is an error naming the repo, revision and file, never the fill value;
-- on open, `check_complete` asserts that the manifest holds every chunk of every array.
+- on open, `check_complete` checks that the manifest holds every chunk of every array.
 
 When Zarr reads chunk i of an array right after chunk i-1, the store also fetches the next
 `prefetch` chunks in background threads, so a full scan is not one request at a time.
