@@ -273,3 +273,27 @@ def test_default_caches_build_once_then_reuse(tmp_path, monkeypatch):
     assert default_cache.ensure_default_caches(tmp_path, progress=lambda f, m: calls.append((f, m))) == paths
     assert calls == [(1.0, "default caches ready")]
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4", "zstd"])
+@pytest.mark.parametrize("checksum", [True, False])
+def test_shard_file_fast_paths_match_zarr_byte_for_byte(tmp_path, codec, checksum):
+    from vfs.cache_format import compressors
+    from vfs.shard_file import read_shard, write_shard
+
+    rng = np.random.default_rng(3)
+    values = np.maximum(rng.normal(size=(13, 3, 2, 5)), 0).astype(np.float16)  # post-ReLU-like, 13 rows
+    options = dict(shape=(21, 3, 2, 5), chunks=(1, 3, 2, 5), shards=(8, 3, 2, 5), dtype="float16",
+                   compressors=compressors(codec, dtype=np.dtype("float16"), checksum=checksum))
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        by_zarr = zarr.create_array(tmp_path / "zarr", **options)
+        by_zarr[8:16], by_zarr[16:21] = values[:8], values[8:]  # a full and a partial (last) shard
+    ours = zarr.create_array(tmp_path / "ours", **options)
+    assert write_shard(ours, 1, values[:8]) and write_shard(ours, 2, values[8:])
+    for key in ("c/1/0/0/0", "c/2/0/0/0"):
+        assert (tmp_path / "ours" / key).read_bytes() == (tmp_path / "zarr" / key).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ours")[8:21], values)
+    data = (tmp_path / "zarr" / "c/2/0/0/0").read_bytes()
+    decoded = read_shard(data, rows=5, per_shard=8, row_shape=(3, 2, 5), dtype=np.dtype("float16"),
+                         compressed=codec != "none", checksum=checksum)
+    np.testing.assert_array_equal(decoded, values[8:])

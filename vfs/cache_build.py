@@ -46,6 +46,7 @@ from vfs.cache_format import (
 )
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
 from vfs.errors import CacheMismatchError, DatasetError
+from vfs.shard_file import write_shard
 
 Progress = bool | Callable[[float, str], None]
 
@@ -224,7 +225,8 @@ def _write_block(group: zarr.Group, meta: CacheMeta, block: int, items: list[Ima
         "boxes": np.array([_boxes_json(item.boxes) for item in items], dtype=object),
     }
     for name in meta.arrays:
-        group[name][start:stop] = values[name]
+        if name not in SHARDED or not write_shard(group[name], block, values[name]):  # fast path: local shards
+            group[name][start:stop] = values[name]
     store = group.store
     row = [stored_size(store, block_key(group[name], block)) or 0 for name in meta.arrays]
     group["progress"][block] = np.array(row, dtype=np.int64)

@@ -10,6 +10,7 @@ the caller reads through zarr. Every checksum is verified; a problem raises `Val
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,43 @@ def read_shard(data: bytes, *, rows: int, per_shard: int, row_shape: tuple[int, 
             raise ValueError(f"chunk {row} decodes to {len(raw)} bytes, expected {flat.shape[1]}")
         flat[row] = np.frombuffer(raw, dtype=np.uint8)
     return out
+
+
+def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
+    """Encode `values` (rows, ...) as block `block`'s shard file of a local `array` and write it atomically.
+
+    The bytes are what zarr writes for the same data (chunks in order, index at the end); returns False
+    (nothing written) when the array's layout is not the one handled here, so the caller uses zarr.
+    """
+    layout = local_layout(array)
+    if layout is None:
+        return False
+    folder, compressed, checksum = layout
+    sharding = array.metadata.codecs[0]
+    compressor = None
+    if compressed:
+        codec = sharding.codecs[1]
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
+        compressor = blosc.Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle,
+                                 blocksize=codec.blocksize, typesize=codec.typesize)
+    per_shard = array.shards[0]
+    rows = np.ascontiguousarray(values, dtype=np.dtype(array.dtype).newbyteorder("<"))
+    rows = rows.reshape(len(values), -1)  # (rows, values per chunk)
+    index = np.full((per_shard, 2), EMPTY, dtype="<u8")  # (offset, length) per chunk
+    parts, offset = [], 0
+    for row, chunk in enumerate(rows):
+        payload = chunk.tobytes() if compressor is None else bytes(compressor.encode(chunk))
+        if checksum:
+            payload += crc32c(payload).to_bytes(4, "little")
+        index[row] = offset, len(payload)
+        parts.append(payload)
+        offset += len(payload)
+    index_bytes = index.tobytes()
+    parts.append(index_bytes + crc32c(index_bytes).to_bytes(4, "little"))
+    key = f"{array.path}/{array.metadata.encode_chunk_key((block,) + (0,) * (array.ndim - 1))}"
+    path = folder / key.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(b"".join(parts))
+    os.replace(partial, path)  # readers never see half a shard
+    return True
