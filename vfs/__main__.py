@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "layers": ("vfs.features", "layers_command", "list a model's layers with output shapes"),
     "index": ("vfs.cache_build", "index_command", "build (or resume) a feature cache of a dataset"),
     "search": ("vfs.demo", "search_command", "search bundled photos from the command line"),
-    "experiment": ("vfs.metrics", "experiment_command", "run the paper's neighbour metrics on a cache"),
+    "experiment": ("vfs.experiment", "experiment_command", "run the paper's neighbour metrics on a cache"),
 }
 
 

@@ -244,10 +244,3 @@ def label_scores(
         if 0 < same[q, others].sum() < others.sum():
             aurocs[q] = auroc(scores[q, others], same[q, others])
     return LabelScores(queries, scores, same, aurocs)
-
-
-def experiment_command(argv: list[str]) -> int:
-    """`python -m vfs experiment ...`: the command lives in `vfs.experiment` (tables, JSON output)."""
-    from vfs.experiment import experiment_command as command
-
-    return command(argv)
