@@ -10,11 +10,11 @@ Fashion-MNIST test set (10,000 images) through `efficientnet_lite0` at `blocks.4
   enough to respond to parts (collars, soles, straps) rather than edges, early enough to stay local.
 - Build time: 112 px costs about a quarter of 224 px per image, and the run stops at `blocks.4`.
   FIELD_NOTES gives 8-11 minutes for 10,000 images at 224 px through the whole network on 2 cores.
-  Measured for this choice (both caches, `ensure_default_caches` on an empty root): 444 s wall on a
-  machine shared with several other jobs (load average about 10 on 2 cores), of which the build
-  itself used 127 s of CPU (87 s user + 40 s system): an estimated 1-2 minutes when the 2 cores are
-  free (not measured: the machine was never idle).
-  Loading, 28 -> 112 px resize and thumbnails run in a thread beside the model.
+  Measured for this choice (both caches, `ensure_default_caches` on an empty root, 2 torch threads):
+  60 s wall (about 180 images/s) with the machine nearly idle; 444 s when shared with several other
+  jobs (load average about 10). Two such builds gave byte-identical shard files.
+  Decoding and the 28 -> 112 px resize are cheap here: overlapping them with the model (the build's
+  loader thread) measured the same as doing them in turn (145 vs 150 images/s, bench/cache.py).
 - Size: 10,000 x 7 x 7 x 112 float16 = 110 MB of features, kept in RAM by `open_cache`.
 
 scikit-image's photos (19 images) through the same model and layer at its usual 224 px (resize 256,
