@@ -14,7 +14,8 @@ Fashion-MNIST test set (10,000 images) through `efficientnet_lite0` at `blocks.4
   60 s wall (about 180 images/s) with the machine nearly idle; 444 s when shared with several other
   jobs (load average about 10). Two such builds gave byte-identical shard files.
   Decoding and the 28 -> 112 px resize are cheap here: overlapping them with the model (the build's
-  loader thread) measured the same as doing them in turn (145 vs 150 images/s, bench/cache.py).
+  loader thread) measured the same as doing them in turn (145 vs 150 images/s on 2,048 images, the
+  loader swapped for a serial one; a DataLoader worker process was slower, 114-132 images/s).
 - Size: 10,000 x 7 x 7 x 112 float16 = 110 MB of features, kept in RAM by `open_cache`.
 
 scikit-image's photos (19 images) through the same model and layer at its usual 224 px (resize 256,
