@@ -14,10 +14,10 @@ computed here). Two ways to get the dot products, picked per mask by their cost:
   position. Cost ~ offsets multiply-adds per feature value (a full mask is a single matvec).
 
 Everything here is plain torch on whatever device the tensors live on (CPU or CUDA). On the CPU,
-small masks ("cells") go through the fused numba kernel of `vfs.search_numba` when numba is
-installed: it does only the cells x offsets dot products the windows need (the GEMM does cells x
-every position), widens float16 in cache, and equals this path to float32 rounding. Large masks
-stay on the torch matvec, which measured faster here.
+small masks ("cells") and float16 blocks go through the fused numba kernel of `vfs.search_numba`
+when numba is installed: it does only the cells x offsets dot products the windows need (the GEMM
+does cells x every position), widens float16 in cache, and equals this path to float32 rounding.
+float32 blocks with large masks stay on the torch matvec, which ties it.
 """
 
 from __future__ import annotations
@@ -150,8 +150,11 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     so an image's scores never depend on `n`. `sq_norms` (n, H, W) are the squared norms of the
     feature vectors, computed when None. A window (or query) of zero magnitude scores 0.
     """
-    if (USE_NUMBA and plan.strategy == "cells" and device.type == "cpu" and features.device.type == "cpu"
-            and features.dtype in FUSED_DTYPES):  # measured: the fused kernel wins on small masks only
+    on_cpu = device.type == "cpu" and features.device.type == "cpu"
+    if (USE_NUMBA and on_cpu and features.dtype in FUSED_DTYPES
+            and (plan.strategy == "cells" or features.dtype == torch.float16)):
+        # measured here: fused wins on small masks, and on float16 (no widened copy); the matvec ties
+        # it on float32 with large masks
         return fused_block(features, plan, sq_norms=sq_norms)
     n = features.shape[0]
     dots = torch.empty(n, plan.offsets[0] * plan.offsets[1], device=device)  # (n, H'*W')
