@@ -162,7 +162,7 @@ def main() -> None:
         weights = make_weights(name, 7)
         ours_s, ours = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
         torch_path = "same"
-        if kernels.USE_NUMBA and not weights.all():  # small masks go through the numba kernel: time torch too
+        if kernels.USE_NUMBA and (not weights.all() or dtype == torch.float16):  # numba ran: time torch too
             kernels.USE_NUMBA = False
             torch_s, torch_ours = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
             kernels.USE_NUMBA = True
