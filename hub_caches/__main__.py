@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-from vfs.errors import VFSError
+from vfs.cli import dispatch
 
 # command -> (module, function, help); each function takes argv and returns an exit code
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -16,20 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:<6} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-        print("usage: python -m hub_caches COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nunknown command {argv[0]!r}: pick one of the commands above", file=sys.stderr)
-            return 2
-        return 0
-    module, function, _ = COMMANDS[argv[0]]
-    try:
-        return getattr(importlib.import_module(module), function)(argv[1:])
-    except VFSError as error:  # a problem the message explains: no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return dispatch("python -m hub_caches", COMMANDS, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
