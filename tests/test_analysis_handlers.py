@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
     from vfs.datasets import ArrayDataset
     from vfs.models import load_model
     from vfs.preprocess import Preprocess
-    from vfs.search import best_windows, search
+    from vfs.window_search import best_windows, search
 
     rng = np.random.default_rng(0)
     images = [(rng.random((16, 16, 3)) * 255).astype(np.uint8) for _ in range(10)]

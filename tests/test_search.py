@@ -12,7 +12,7 @@ import zarr
 
 from vfs import search_numba
 from vfs.errors import MaskError, SearchError
-from vfs.search import BestWindows, Match, best_windows, search
+from vfs.window_search import BestWindows, Match, best_windows, search
 from vfs.search_kernels import make_plan
 
 

@@ -40,10 +40,10 @@ _LAZY: dict[str, str] = {
     "mask_to_grid": "vfs.masks",
     "box_to_grid": "vfs.masks",
     "window_to_box": "vfs.masks",
-    "Match": "vfs.search",
-    "BestWindows": "vfs.search",
-    "search": "vfs.search",
-    "best_windows": "vfs.search",
+    "Match": "vfs.window_search",
+    "BestWindows": "vfs.window_search",
+    "search": "vfs.window_search",
+    "best_windows": "vfs.window_search",
     "ImageItem": "vfs.datasets",
     "open_dataset": "vfs.datasets",
     "FeatureCache": "vfs.cache",
@@ -91,4 +91,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from vfs.masks import box_to_grid, mask_to_grid, window_to_box
     from vfs.models import LoadedModel, load_model
     from vfs.preprocess import Preprocess
-    from vfs.search import BestWindows, Match, best_windows, search
+    from vfs.window_search import BestWindows, Match, best_windows, search

@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     from vfs.features import FeatureExtractor
     from vfs.masks import box_to_grid, window_to_box
     from vfs.models import load_model
-    from vfs.search import search
+    from vfs.window_search import search
 
     photos = skimage_photos()
     items = [photos[index] for index in range(len(photos))]

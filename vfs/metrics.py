@@ -25,7 +25,7 @@ import numpy as np
 
 from vfs.errors import SearchError
 from vfs.masks import box_to_grid, window_to_box
-from vfs.search import best_windows, search
+from vfs.window_search import best_windows, search
 
 
 @dataclass(frozen=True)

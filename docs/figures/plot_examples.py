@@ -26,7 +26,7 @@ from vfs.decompose import decompose
 from vfs.features import FeatureExtractor
 from vfs.models import load_model
 from vfs.overlays import layer_similarity_grids, map_cell
-from vfs.search import search
+from vfs.window_search import search
 from vfs.sensitivity import transform_sensitivity
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
