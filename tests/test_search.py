@@ -20,7 +20,7 @@ from vfs.search_kernels import make_plan
 def kernel(request, monkeypatch):
     """Run every test through the torch path and through the fused numba kernel for small masks."""
     if request.param == "numba" and not search_numba.AVAILABLE:
-        pytest.skip("numba is not installed (or VFS_NUMBA=0): the torch path alone is tested")
+        pytest.skip(reason="numba is not installed (or VFS_NUMBA=0): the torch path alone is tested")
     monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", request.param == "numba")
     return request.param
 
