@@ -8,10 +8,12 @@ feature grid lies evenly over it and a pixel `(x, y)` falls in cell `(y * h // s
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -24,6 +26,17 @@ SIDE = 192  # pixels of each shown image (model view)
 POINTED = (255, 221, 0)  # outline of the pointed cell
 ANGLES = (-45, -30, -15, 0, 15, 30, 45)
 SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
+SHOWN_SIDE = 150  # CSS pixels of each figure in the hover overlays (two layers per image)
+LAYER_FEATURES_KEPT = 256  # second-layer feature maps kept, one per (model, layer, input size, image)
+_layer_features: OrderedDict = OrderedDict()  # (model, layer, crop, image key) -> (C, h, w) float32
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """The shown images' features at one more layer of the cache's model."""
+
+    layer: str  # the model's layer name
+    features: np.ndarray  # (N, C, h, w) float32, the query first
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,8 @@ class Shown:
     features: np.ndarray  # (N, C, h, w) float32, the query first
     captions: list  # N strings
     indices: list  # N dataset indices (None for an uploaded query)
+    layer: str = ""  # the cache's layer (of `features`)
+    second: LayerView | None = None  # the same images at another layer, for synchronised overlays
 
 
 def _need(outcome: Outcome | None) -> Outcome:
@@ -65,7 +80,60 @@ def shown_images(library: CacheLibrary, outcome: Outcome | None, *, count: int =
         features.append(np.asarray(cache[match.index : match.index + 1], dtype=np.float32)[0])  # (C, h, w)
         captions.append(f"#{rank} · image {match.index} · {match.score:.3f}")
         indices.append(match.index)
-    return Shown(outcome.query.cache_key, images, np.stack(features), captions, indices)  # features (N, C, h, w)
+    return Shown(outcome.query.cache_key, images, np.stack(features), captions, indices,  # features (N, C, h, w)
+                 layer=cache.meta.layer)
+
+
+def second_layer_choices(library: CacheLibrary, outcome: Outcome | None) -> tuple[list[str], str | None]:
+    """Layers of the searched cache's model worth showing beside the cache's own (its suggested layers,
+    else every layer), and the default pick; `([], None)` when the model cannot be loaded here."""
+    from vfs.features import list_layers
+
+    outcome = _need(outcome)
+    meta = library.open(outcome.query.cache_key).meta
+    try:
+        model = library.model(meta.model)
+    except Exception:  # noqa: BLE001 -- an unknown or custom model: the overlays show one layer
+        return [], None
+    choices = [layer for layer in (model.layers or list_layers(model.module)) if layer != meta.layer]
+    return choices, (choices[0] if choices else None)
+
+
+def _image_key(outcome: Outcome, index: int | None) -> tuple:
+    if index is not None:
+        return outcome.query.cache_key, int(index)
+    return ("query", hashlib.sha1(np.ascontiguousarray(outcome.query.image).tobytes()).hexdigest())
+
+
+def with_second_layer(library: CacheLibrary, outcome: Outcome | None, shown: Shown, layer: str | None) -> Shown:
+    """`shown` with its images' features at `layer` of the cache's model too (`None` drops the second
+    layer). Dataset images are read as the library has them (originals, else thumbnails); each image's
+    features are extracted once per (model, layer, input size) and kept."""
+    if not layer:
+        return replace(shown, second=None)
+    outcome = _need(outcome)
+    cache = library.open(shown.cache_key)
+    preprocess = library.preprocess(cache)
+    extractor = library.extractor(cache.meta.model, layer, preprocess=preprocess)
+    keys = [(cache.meta.model, layer, preprocess.crop, _image_key(outcome, index)) for index in shown.indices]
+    missing = [i for i, key in enumerate(keys) if key not in _layer_features]
+    if missing:
+        pictures = [library.picture(shown.cache_key, shown.indices[i]) if shown.indices[i] is not None
+                    else Image.fromarray(np.asarray(outcome.query.image)) for i in missing]
+        extracted = extractor([picture.convert("RGB") for picture in pictures]).numpy()  # (M, C, h, w)
+        for i, features in zip(missing, extracted):
+            _layer_features[keys[i]] = features  # (C, h, w)
+    for key in keys:
+        _layer_features.move_to_end(key)
+    while len(_layer_features) > LAYER_FEATURES_KEPT:
+        _layer_features.popitem(last=False)
+    features = np.stack([_layer_features[key] for key in keys])  # (N, C, h, w)
+    return replace(shown, second=LayerView(layer, features))
+
+
+def _layers(shown: Shown) -> list[LayerView]:
+    """Every layer shown: the cache's first, then the second when there is one."""
+    return [LayerView(shown.layer, shown.features)] + ([shown.second] if shown.second is not None else [])
 
 
 def _data_uri(image: Image.Image) -> str:
@@ -81,14 +149,25 @@ def cell_at(x: float, y: float, grid: tuple[int, int], *, side: int = SIDE) -> t
 
 
 def overlay_payload(shown: Shown) -> dict:
-    """Every overlay at once, for the page's script: grids[p][n][r][c] for pointing at cell p of image i
-    (p = i * h * w + row * w + col), cosine mapped to a byte (0 = -1, 255 = +1), base64."""
-    from vfs.overlays import all_similarity_grids
+    """Every overlay at once, for the page's script, per layer: grids[p][n][r][c] for pointing at cell p
+    of image i (p = i * h * w + row * w + col), cosine mapped to a byte (0 = -1, 255 = +1), base64; and
+    `to[k][q]`: the cell (row * w_k + col) of layer k that holds cell q of this layer (`map_cell`)."""
+    from vfs.overlays import all_similarity_grids, map_cell
 
-    n, _, h, w = shown.features.shape
-    grids = np.stack([all_similarity_grids(shown.features, i) for i in range(n)])  # (N, h*w, N, h, w)
-    encoded = np.round((grids + 1.0) * 127.5).astype(np.uint8)  # (N, h*w, N, h, w)
-    return {"n": n, "h": h, "w": w, "grids": base64.b64encode(encoded.tobytes()).decode("ascii")}
+    layers = _layers(shown)
+    n = shown.features.shape[0]
+    payload = {"n": n, "layers": []}
+    for view in layers:
+        h, w = view.features.shape[-2:]
+        grids = np.stack([all_similarity_grids(view.features, i) for i in range(n)])  # (N, h*w, N, h, w)
+        encoded = np.round((grids + 1.0) * 127.5).astype(np.uint8)  # (N, h*w, N, h, w)
+        to = []
+        for other in layers:
+            h2, w2 = other.features.shape[-2:]
+            to.append([r * w2 + c for r, c in (map_cell(q // w, q % w, (h, w), (h2, w2)) for q in range(h * w))])
+        payload["layers"].append({"name": view.layer, "h": h, "w": w, "to": to,
+                                  "grids": base64.b64encode(encoded.tobytes()).decode("ascii")})
+    return payload
 
 
 def overlay_html(shown: Shown | None) -> str:
@@ -97,15 +176,24 @@ def overlay_html(shown: Shown | None) -> str:
     if shown is None:
         return "<p>Run a search, then come back: the query and its results appear here.</p>"
     payload = json.dumps(overlay_payload(shown))
-    figures = "".join(
-        f'<figure class="vfs-ov-fig" data-index="{i}" style="margin:4px;display:inline-block;position:relative">'
-        f'<img src="{_data_uri(image)}" width="{SIDE}" height="{SIDE}" style="display:block" draggable="false">'
-        f'<canvas width="{SIDE}" height="{SIDE}" style="position:absolute;left:0;top:0;pointer-events:none">'
-        f'</canvas><figcaption style="font-size:12px">{html.escape(caption)}</figcaption></figure>'
-        for i, (image, caption) in enumerate(zip(shown.images, shown.captions))
-    )
-    return (f'<div class="vfs-overlays" data-payload="{html.escape(payload, quote=True)}">{figures}'
-            '<p class="vfs-ov-status" style="font-size:12px">Hover over any image.</p></div>')
+    layers = _layers(shown)
+    box = f"width:{SHOWN_SIDE}px;height:{SHOWN_SIDE}px"
+    pairs = []
+    for i, (image, caption) in enumerate(zip(shown.images, shown.captions)):
+        uri = _data_uri(image)
+        figures = "".join(
+            f'<figure class="vfs-ov-fig" id="vfs-ov-{k}-{i}" data-layer="{k}" data-index="{i}" data-cell="" '
+            f'style="margin:2px;position:relative">'
+            f'<img src="{uri}" style="display:block;{box}" draggable="false">'
+            f'<canvas width="{SIDE}" height="{SIDE}" style="position:absolute;left:0;top:0;{box};'
+            f'pointer-events:none"></canvas><figcaption style="font-size:11px">'
+            f'{html.escape(view.layer)} · {view.features.shape[-2]}x{view.features.shape[-1]}</figcaption></figure>'
+            for k, view in enumerate(layers))
+        pairs.append(f'<div class="vfs-ov-pair" style="display:inline-block;margin:4px;vertical-align:top">'
+                     f'<div style="display:flex">{figures}</div>'
+                     f'<div style="font-size:12px">{html.escape(caption)}</div></div>')
+    return (f'<div class="vfs-overlays" data-layers="{len(layers)}" data-payload="{html.escape(payload, quote=True)}">'
+            f'{"".join(pairs)}<p class="vfs-ov-status" style="font-size:12px">Hover over any image.</p></div>')
 
 
 def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *, floor: float) -> Image.Image:
@@ -126,14 +214,22 @@ def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *
 
 
 def overlay_images(shown: Shown, image_index: int, row: int, col: int) -> list[tuple[Image.Image, str]]:
-    """The click version of the hover overlays: each image shaded for pointing at `(row, col)` of
-    image `image_index`."""
-    from vfs.overlays import similarity_grids
+    """The click version of the hover overlays: each image shaded for pointing at `(row, col)` (a cell
+    of the cache's layer) of image `image_index`, at every shown layer (the cell mapped by `map_cell`)."""
+    from vfs.overlays import layer_similarity_grids, map_cell
 
-    grids = similarity_grids(shown.features, image_index, row, col)  # (N, h, w)
-    floor = float(grids.min())
-    return [(_shade(image, grids[i], (row, col) if i == image_index else None, floor=floor), caption)
-            for i, (image, caption) in enumerate(zip(shown.images, shown.captions))]
+    layers = _layers(shown)
+    grid = tuple(shown.features.shape[-2:])
+    grids = layer_similarity_grids({view.layer: view.features for view in layers}, image_index, row, col,
+                                   grid=grid)  # layer -> (N, h_l, w_l)
+    items = []
+    for view in layers:
+        cell = map_cell(row, col, grid, tuple(view.features.shape[-2:]))
+        floor = float(grids[view.layer].min())
+        items += [(_shade(image, grids[view.layer][i], cell if i == image_index else None, floor=floor),
+                   f"{view.layer} · {caption}" if len(layers) > 1 else caption)
+                  for i, (image, caption) in enumerate(zip(shown.images, shown.captions))]
+    return items
 
 
 def _heat(image: Image.Image, values: np.ndarray, scale: float) -> Image.Image:

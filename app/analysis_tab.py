@@ -25,24 +25,26 @@ function payload() {
   const text = root.dataset.payload;
   if (memo.text !== text) {
     const data = JSON.parse(text);
-    const raw = atob(data.grids);
-    const bytes = new Uint8Array(raw.length);
-    for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    const bytes = data.layers.map((layer) => {
+      const raw = atob(layer.grids);
+      const out = new Uint8Array(raw.length);
+      for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+      return out;
+    });
     Object.assign(memo, { text, data, bytes });
   }
   return memo;
 }
-function paint(image, row, col) {
-  const m = payload();
-  if (!m) return;
-  const { n, h, w } = m.data;
-  const cells = h * w;
+// shade every image of layer k for pointing at cell (row, col) of its image `image`
+function shade(m, k, image, row, col) {
+  const { h, w } = m.data.layers[k];
+  const n = m.data.n, cells = h * w, bytes = m.bytes[k];
   const pointed = image * cells + row * w + col;
   // shading is stretched from the lowest cosine shown (black) to 1 (untouched)
   let low = 255;
-  for (let k = pointed * n * cells; k < (pointed + 1) * n * cells; k++) low = Math.min(low, m.bytes[k]);
+  for (let q = pointed * n * cells; q < (pointed + 1) * n * cells; q++) low = Math.min(low, bytes[q]);
   const floor = Math.min(low / 127.5 - 1, 0.99);
-  element.querySelectorAll('.vfs-ov-fig').forEach((fig) => {
+  element.querySelectorAll('.vfs-ov-fig[data-layer="' + k + '"]').forEach((fig) => {
     const j = Number(fig.dataset.index);
     const canvas = fig.querySelector('canvas');
     const ctx = canvas.getContext('2d');
@@ -51,33 +53,51 @@ function paint(image, row, col) {
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     for (let r = 0; r < h; r++) {
       for (let c = 0; c < w; c++) {
-        const cosine = m.bytes[base + r * w + c] / 127.5 - 1;
+        const cosine = bytes[base + r * w + c] / 127.5 - 1;
         const dark = Math.min(Math.max((1 - cosine) / (1 - floor), 0), 1) * 0.9;
         ctx.fillStyle = 'rgba(0,0,0,' + dark.toFixed(3) + ')';
-        ctx.fillRect(Math.floor(c * cw), Math.floor(r * ch), Math.ceil(cw), Math.ceil(ch));
+        const x = Math.round(c * cw), y = Math.round(r * ch);  // cells abut: no overlap draws seams
+        ctx.fillRect(x, y, Math.round((c + 1) * cw) - x, Math.round((r + 1) * ch) - y);
       }
     }
+    fig.dataset.cell = j === image ? row + ',' + col : '';
+    fig.dataset.pointed = image + ',' + row + ',' + col;
     if (j === image) {
       ctx.strokeStyle = '#ffdd00';
       ctx.lineWidth = 2;
       ctx.strokeRect(col * cw + 1, row * ch + 1, cw - 2, ch - 2);
     }
   });
+  return floor;
+}
+// point at cell (row, col) of image `image` in layer `layer`; every other layer follows through `to`
+function paint(layer, image, row, col) {
+  const m = payload();
+  if (!m) return;
+  const source = m.data.layers[layer];
+  const q = row * source.w + col;
+  const parts = m.data.layers.map((target, k) => {
+    const p = source.to[k][q];
+    const r = Math.floor(p / target.w), c = p % target.w;
+    const floor = shade(m, k, image, r, c);
+    return target.name + ' (' + r + ', ' + c + '), black = ' + floor.toFixed(2);
+  });
   const status = element.querySelector('.vfs-ov-status');
-  if (status) status.textContent = 'pointing at cell (' + row + ', ' + col + ') of image ' + image +
-    '; black = cosine ' + floor.toFixed(2) + ' (the lowest shown), untouched = 1';
-  element.dataset.pointed = image + ',' + row + ',' + col;
+  if (status) status.textContent = 'pointing at image ' + image + ': ' + parts.join('; ') +
+    ' (the lowest cosine shown; untouched = 1)';
+  element.dataset.pointed = layer + ',' + image + ',' + row + ',' + col;
 }
 function point(event) {
   const fig = event.target.closest && event.target.closest('.vfs-ov-fig');
   const m = payload();
   if (!fig || !m) return;
+  const layer = m.data.layers[Number(fig.dataset.layer)];
   const rect = fig.querySelector('img').getBoundingClientRect();
   const x = event.clientX - rect.left, y = event.clientY - rect.top;
   if (x < 0 || y < 0 || x >= rect.width || y >= rect.height) return;
-  const row = Math.min(m.data.h - 1, Math.floor(y / rect.height * m.data.h));
-  const col = Math.min(m.data.w - 1, Math.floor(x / rect.width * m.data.w));
-  paint(Number(fig.dataset.index), row, col);
+  const row = Math.min(layer.h - 1, Math.floor(y / rect.height * layer.h));
+  const col = Math.min(layer.w - 1, Math.floor(x / rect.width * layer.w));
+  paint(Number(fig.dataset.layer), Number(fig.dataset.index), row, col);
 }
 function start() {
   // paint the centre of the query once per new content (painting itself mutates the status text)
@@ -85,7 +105,7 @@ function start() {
   if (!root || root === memo.started) return;
   memo.started = root;
   const m = payload();
-  if (m) paint(0, Math.floor(m.data.h / 2), Math.floor(m.data.w / 2));
+  if (m) paint(0, 0, Math.floor(m.data.layers[0].h / 2), Math.floor(m.data.layers[0].w / 2));
 }
 element.addEventListener('mousemove', point);
 element.addEventListener('click', point);
@@ -110,7 +130,11 @@ def build_analysis_tab(ctx) -> None:
     with gr.Accordion("Similarity overlays: hover over any image", open=True):
         gr.Markdown("Every cell is shaded by the cosine similarity of its features to the cell under the "
                     "pointer (yellow): lighter means more similar, black is the least similar cell shown "
-                    "(Fong et al., Interactive Similarity Overlays).")
+                    "(Fong et al., Interactive Similarity Overlays). Each image is shown at the cache's layer "
+                    "and at a second layer of the same model; pointing at either layer points at the cell "
+                    "holding the same image position in the other.")
+        second = gr.Dropdown([], value=None, label="second layer (none: the cache's layer only)",
+                             elem_id="vfs-ov-layer2", interactive=True)
         overlays = gr.HTML(analysis.overlay_html(None), js_on_load=OVERLAY_JS, elem_id="vfs-overlays")
     with gr.Accordion("Overlays by clicking (without the page script)", open=False), gr.Row():
         query_view = gr.Image(label="click a cell of the query", type="pil", interactive=False,
@@ -152,12 +176,20 @@ def build_analysis_tab(ctx) -> None:
     @readable
     def refresh(outcome):
         if outcome is None:
-            return None, analysis.overlay_html(None), None, [], (0, 0)
-        current = analysis.shown_images(library, outcome)
+            return None, analysis.overlay_html(None), None, [], (0, 0), gr.update(choices=[], value=None)
+        choices, layer = analysis.second_layer_choices(library, outcome)
+        current = analysis.with_second_layer(library, outcome, analysis.shown_images(library, outcome), layer)
         h, w = current.features.shape[-2:]
         centre = (h // 2, w // 2)
         return (current, analysis.overlay_html(current), current.images[0],
-                analysis.overlay_images(current, 0, *centre), centre)
+                analysis.overlay_images(current, 0, *centre), centre, gr.update(choices=choices, value=layer))
+
+    @readable
+    def relayer(outcome, current, layer, pointed):
+        if current is None:
+            raise gr.Error("nothing to show yet: run a search first")
+        current = analysis.with_second_layer(library, outcome, current, layer or None)
+        return current, analysis.overlay_html(current), analysis.overlay_images(current, 0, *pointed)
 
     @readable
     def click(current, event: gr.SelectData):
@@ -188,8 +220,9 @@ def build_analysis_tab(ctx) -> None:
         spec, text = analysis.sensitivity_spec(library, outcome, *pointed, kind=how)
         return _plot(spec), text
 
-    refresh_outputs = [shown, overlays, query_view, clicked, cell]
+    refresh_outputs = [shown, overlays, query_view, clicked, cell, second]
     ctx.searched.then(refresh, [ctx.results], refresh_outputs, api_name=False, show_progress="hidden")
+    second.input(relayer, [ctx.results, shown, second, cell], [shown, overlays, clicked], api_name=False)
     query_view.select(click, [shown], [clicked, cell], api_name=False)
     why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why")
     nmf_button.click(factorise, [shown, components, negatives], [factors, factors_text], api_name=False)

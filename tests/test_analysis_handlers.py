@@ -15,17 +15,25 @@ import torch
 from app import analysis_handlers as analysis
 from app.state import Outcome, Query, SearchOptions
 from vfs.errors import SearchError
-from vfs.overlays import all_similarity_grids
+from vfs.overlays import all_similarity_grids, map_cell
 
 
 class TinyLibrary:
-    """The three things the handlers ask of a `CacheLibrary`."""
+    """The five things the handlers ask of a `CacheLibrary`."""
 
-    def __init__(self, cache, model):
-        self.cache, self.model_ = cache, model
+    def __init__(self, cache, model, images):
+        self.cache, self.model_, self.images = cache, model, images
 
     def open(self, key):
         return self.cache
+
+    def model(self, name):
+        return self.model_
+
+    def picture(self, key, index):
+        from PIL import Image
+
+        return Image.fromarray(self.images[index])
 
     def preprocess(self, cache):
         return cache.meta.make_preprocess()
@@ -48,7 +56,8 @@ def setup(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = [(rng.random((16, 16, 3)) * 255).astype(np.uint8) for _ in range(10)]
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 4, stride=4), torch.nn.ReLU())
+    # layer "0" (the cache's) has a 4x4 grid, layer "2" a 2x2 one: the second layer of the overlays
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 4, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(6, 5, 2, stride=2))
     model = load_model("tiny", module=net, weights="random",
                        preprocess=Preprocess(size=16, crop=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
     data = ArrayDataset(images, name="noise", labels=[i % 2 for i in range(10)], label_names=["a", "b"])
@@ -59,7 +68,7 @@ def setup(tmp_path_factory):
     query = Query(cache_key="tiny", image=images[0], mask=np.ones((16, 16), bool), index=0, image_id="00000")
     outcome = Outcome(query=query, options=SearchOptions(k=5), matches=search(features, weights, cache, k=5, exclude=[0]),
                       best=best_windows(features, weights, cache), weights=weights, features=features)
-    return TinyLibrary(cache, model), outcome
+    return TinyLibrary(cache, model, images), outcome
 
 
 def test_handlers_do_not_import_gradio():
@@ -79,19 +88,75 @@ def test_shown_images_are_the_query_then_its_results(setup):
         analysis.shown_images(library, None)
 
 
+def decode(page: str) -> dict:
+    return json.loads(html.unescape(re.search(r'data-payload="([^"]*)"', page).group(1)))
+
+
 def test_overlay_payload_round_trips_every_grid(setup):
     library, outcome = setup
     shown = analysis.shown_images(library, outcome, count=2)
     page = analysis.overlay_html(shown)
     assert page.count('class="vfs-ov-fig"') == 3
-    payload = json.loads(html.unescape(re.search(r'data-payload="([^"]*)"', page).group(1)))
-    n, h, w = payload["n"], payload["h"], payload["w"]
-    decoded = np.frombuffer(base64.b64decode(payload["grids"]), np.uint8).reshape(n, h * w, n, h, w)
+    payload = decode(page)
+    (layer,) = payload["layers"]
+    n, h, w = payload["n"], layer["h"], layer["w"]
+    assert layer["name"] == "0" and layer["to"] == [list(range(h * w))]
+    decoded = np.frombuffer(base64.b64decode(layer["grids"]), np.uint8).reshape(n, h * w, n, h, w)
     for image in range(n):
         expected = all_similarity_grids(shown.features, image)  # (h*w, N, h, w)
         np.testing.assert_allclose(decoded[image] / 127.5 - 1.0, expected, atol=0.5 / 127.5 + 1e-6)
         # the pointed cell decodes to (nearly) 1 in its own image
         assert decoded[image, 5, image, 1, 1] == 255
+
+
+def test_second_layer_is_the_extractor_s_features_cached(setup):
+    from vfs.features import FeatureExtractor
+
+    library, outcome = setup
+    assert analysis.second_layer_choices(library, outcome) == (["1", "2"], "1")
+    shown = analysis.shown_images(library, outcome, count=3)
+    assert analysis.with_second_layer(library, outcome, shown, None).second is None
+    both = analysis.with_second_layer(library, outcome, shown, "2")
+    assert both.second.layer == "2" and both.second.features.shape == (4, 5, 2, 2)
+    extractor = FeatureExtractor(library.model_.module, "2", preprocess=library.preprocess(library.cache))
+    for i, index in enumerate(shown.indices):  # one image at a time, from the dataset's pixels
+        np.testing.assert_allclose(both.second.features[i], extractor([library.images[index]])[0].numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    # kept, not extracted again: a planted value in the store comes back
+    key = next(key for key in analysis._layer_features if key[1] == "2" and key[3] == ("tiny", shown.indices[1]))
+    analysis._layer_features[key] = np.full((5, 2, 2), 7.0, np.float32)
+    again = analysis.with_second_layer(library, outcome, shown, "2")
+    assert (again.second.features[1] == 7.0).all()
+    np.testing.assert_array_equal(again.second.features[2:], both.second.features[2:])
+    del analysis._layer_features[key]
+
+
+def test_two_layer_payload_maps_cells_across_grids(setup):
+    library, outcome = setup
+    shown = analysis.with_second_layer(library, outcome, analysis.shown_images(library, outcome, count=2), "2")
+    page = analysis.overlay_html(shown)
+    assert page.count('class="vfs-ov-fig"') == 6 and 'id="vfs-ov-1-2"' in page
+    fine, coarse = decode(page)["layers"]
+    assert (fine["h"], fine["w"], coarse["h"], coarse["w"]) == (4, 4, 2, 2)
+    # planted: 4x4 cell (r, c) lies in 2x2 cell (r // 2, c // 2); 2x2 cell (r, c) centres on 4x4 cell (2r+1, 2c+1)
+    assert fine["to"][1] == [(q // 4 // 2) * 2 + (q % 4) // 2 for q in range(16)]
+    assert coarse["to"][0] == [(2 * (q // 2) + 1) * 4 + 2 * (q % 2) + 1 for q in range(4)]
+    assert coarse["to"][0] == [r * 4 + c for r, c in (map_cell(q // 2, q % 2, (2, 2), (4, 4)) for q in range(4))]
+    decoded = np.frombuffer(base64.b64decode(coarse["grids"]), np.uint8).reshape(3, 4, 3, 2, 2)
+    np.testing.assert_allclose(decoded[1] / 127.5 - 1.0, all_similarity_grids(shown.second.features, 1),
+                               atol=0.5 / 127.5 + 1e-6)
+
+
+def test_click_overlays_cover_both_layers(setup):
+    library, outcome = setup
+    shown = analysis.with_second_layer(library, outcome, analysis.shown_images(library, outcome, count=2), "2")
+    items = analysis.overlay_images(shown, 0, 3, 1)  # 4x4 cell (3, 1) -> 2x2 cell (1, 0)
+    assert len(items) == 6 and items[3][1].startswith("2 · query")
+    side = analysis.SIDE
+    pointed = np.asarray(items[3][0])[side * 3 // 4, side // 4]  # centre of 2x2 cell (1, 0): cosine 1
+    assert pointed.tolist() == np.asarray(shown.images[0])[side * 3 // 4, side // 4].tolist()
+    elsewhere = np.asarray(items[3][0])[side // 4, side * 3 // 4].astype(int)  # cell (0, 1): darkened
+    assert elsewhere.sum() < np.asarray(shown.images[0])[side // 4, side * 3 // 4].astype(int).sum()
 
 
 def test_cell_at_and_click_overlays(setup):
