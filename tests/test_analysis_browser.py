@@ -4,7 +4,7 @@
 Pick a dataset image, paint, search, open the tab; the overlays show every image at the cache's layer
 and at a second layer of its model. Hovering a cell of the query recolours both layers, the other
 layer pointing at the cell `vfs.overlays.map_cell` gives; hovering the second layer maps back; a click
-points too. A screenshot goes to the test's folder
+points too, and so does the click fallback (pictures shaded by the server). A screenshot goes to the test's folder
 and to `tests/artifacts/analysis-hover.png` (ignored by git).
 """
 
@@ -133,4 +133,19 @@ def test_hover_recolours_both_layers_in_step(page, url, tmp_path):
     assert cell_of(page, "vfs-ov-1-1") == map_cell(0, 0, grids[0], grids[1])
     assert page.locator("#vfs-ov-0-2").get_attribute("data-cell") == ""
 
+    # the click fallback: the server shades both layers for the clicked query cell
+    page.get_by_text("Overlays by clicking").click()
+    page.wait_for_selector("#vfs-ov-query img")
+    first_picture = "document.querySelector('#vfs-ov-clicked img')?.src"
+    old = page.evaluate(first_picture)
+    captions = page.locator("#vfs-ov-clicked .caption-label").all_inner_texts()
+    assert len(captions) == 2 * payload["n"]
+    assert sum(c.startswith(f"{first['name']} · ") for c in captions) == payload["n"]
+    assert sum(c.startswith(f"{second['name']} · ") for c in captions) == payload["n"]
+    query = page.locator("#vfs-ov-query img")
+    box = query.bounding_box()
+    # gradio centres the picture in the box at most at its natural size: aim 60 px above its centre (a row
+    # above the centre cell, which the overlay already shows)
+    query.click(position={"x": box["width"] / 2, "y": box["height"] / 2 - 60})  # scrolls it into view first
+    page.wait_for_function(f"document.querySelector('#vfs-ov-clicked img')?.src !== {json.dumps(old)}")
     page.screenshot(path=str(tmp_path / "analysis-page.png"), full_page=True)
