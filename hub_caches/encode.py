@@ -15,7 +15,6 @@ layer checks (`block_nbytes`, `progress`) are recomputed for them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
@@ -26,7 +25,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR
+from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR, sha256_file
 from vfs.cache_format import CacheMeta, block_key, stored_size
 
 # blosc settings per codec, measured by bench/hub.py on real efficientnet_lite0 features (10,000 x
@@ -98,14 +97,6 @@ def describe(meta: Any, *, codec: str, size_bytes: int) -> dict[str, Any]:
             "stored_shape": [meta.count, height, width, meta.channels], "input_size": meta.input_size,
             "label_names": list(meta.label_names), "codec": codec, "shard_size": meta.shard_size,
             "size_bytes": size_bytes}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: str | Path, cache: dict[str, Any]) -> Path:

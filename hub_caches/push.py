@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub_caches.catalog import CatalogEntry, entry_json
-from hub_caches.encode import describe, encode_cache, folder_size, sha256_file, write_manifest
+from hub_caches.encode import describe, encode_cache, folder_size, write_manifest
 from hub_caches.errors import HubCacheError, hub_error
-from hub_caches.remote import CARD, STORE_DIR, hub_endpoint
+from hub_caches.remote import CARD, STORE_DIR, hub_endpoint, sha256_file
 
 
 class PushError(HubCacheError, ValueError):

@@ -132,7 +132,7 @@ def verify(remote: Remote, filename: str, path: Path, expected: FileEntry) -> No
         if (real, expected.sha256) in _verified:
             return
     size = os.path.getsize(real)
-    digest = _sha256(real) if size == expected.size else None
+    digest = sha256_file(real) if size == expected.size else None
     if digest != expected.sha256:
         for stale in (path, Path(real)):  # the snapshot link and the blob, so a retry downloads again
             stale.unlink(missing_ok=True)
@@ -151,7 +151,8 @@ def _corrupt(remote: Remote, filename: str, why: str) -> RemoteFileError:
         repo_id=remote.repo_id, revision=remote.revision, file=filename)
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while block := file.read(1 << 22):

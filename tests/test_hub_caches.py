@@ -249,7 +249,7 @@ def test_push_refuses_an_unfinished_cache(lite0, hub, tmp_path, monkeypatch):
 def test_card_manifest_and_tag(built, hub, pushed):
     from huggingface_hub import DatasetCard, HfApi
 
-    from hub_caches.encode import sha256_file
+    from hub_caches.remote import sha256_file
 
     api = HfApi(endpoint=hub.endpoint, token=False)
     assert api.repo_info(REPO, repo_type="dataset", revision="v1").sha == pushed.revision
