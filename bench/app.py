@@ -21,10 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from app_server import running_app  # noqa: E402  (tests/app_server.py: launch + wait on /gradio_api/info)
-from test_app_browser import ARGS, CHROMIUM, paint  # noqa: E402
+from app_server import browser_page, paint, running_app
 
-from vfs.default_cache import default_root, ensure_default_caches  # noqa: E402
+from vfs.default_cache import default_root, ensure_default_caches
 
 
 def main() -> int:
@@ -37,13 +36,8 @@ def main() -> int:
     paths = ensure_default_caches(root)
     print(f"default caches ready in {time.perf_counter() - started:.1f} s: {', '.join(map(str, paths.values()))}")
 
-    from playwright.sync_api import sync_playwright
-
     rows = []
-    with running_app(root) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(120_000)
+    with running_app(root) as url, browser_page(timeout_ms=120_000) as page:
         page.goto(url)
         page.wait_for_selector("#vfs-dataset .thumbnail-item")
         for attempt in range(args.searches):
@@ -66,7 +60,6 @@ def main() -> int:
             rows.append((browser_seconds, server_ms / 1000))
             print(f"search {attempt + 1}: click -> gallery {browser_seconds:.2f} s, server search "
                   f"{server_ms:.0f} ms, ratio {browser_seconds / (server_ms / 1000):.1f}x  ({summary.strip()})")
-        browser.close()
     browser_median = statistics.median(r[0] for r in rows)
     server_median = statistics.median(r[1] for r in rows)
     print(f"median: click -> gallery {browser_median:.2f} s, server search {server_median * 1000:.0f} ms, "

@@ -97,3 +97,42 @@ def running_app(cache_dir: Path, *, log_path: Path | None = None, extra_args: tu
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+# Debian chromium driven by Playwright (never `playwright install`); flags keep it off the network.
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextmanager
+def browser_page(*, timeout_ms: int = 90_000):
+    """A fresh chromium page, 1400 x 1100, that waits up to `timeout_ms` for anything it is asked."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(timeout_ms)
+            yield page
+        finally:
+            browser.close()
+
+
+def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
+    """Drag the brush through `points` (fractions of the canvas box): few waypoints, each move ~1 s here."""
+    box = page.locator(f"{selector} canvas").first.bounding_box()
+    x0, y0 = box["x"] + box["width"] * points[0][0], box["y"] + box["height"] * points[0][1]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for fx, fy in points[1:]:
+        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=2)
+    page.mouse.up()

@@ -15,12 +15,11 @@ import json
 import shutil
 
 import pytest
-from app_server import REPO, running_app, shared_caches
-from test_app_browser import ARGS, CHROMIUM, paint
+from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches
 
 from vfs.overlays import map_cell
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
+pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 ARTIFACTS = REPO / "tests" / "artifacts"
 pytestmark = [
     pytest.mark.slow,
@@ -53,12 +52,8 @@ def url(tmp_path_factory):
 
 @pytest.fixture
 def page(url):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(90_000)
+    with browser_page() as page:
         yield page
-        browser.close()
 
 
 def hover_cell(page, figure: str, row: int, col: int, grid: tuple[int, int], *, click: bool = False) -> None:

@@ -10,23 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import REPO, running_app, shared_caches
+from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
 ARTIFACTS = REPO / "tests" / "artifacts"
 pytestmark = [
@@ -53,23 +42,8 @@ def url(caches, tmp_path_factory):
 
 @pytest.fixture
 def page(url):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(90_000)
+    with browser_page() as page:
         yield page
-        browser.close()
-
-
-def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
-    """Drag the brush through `points` (fractions of the canvas box): few waypoints, each move ~1 s here."""
-    box = page.locator(f"{selector} canvas").first.bounding_box()
-    x0, y0 = box["x"] + box["width"] * points[0][0], box["y"] + box["height"] * points[0][1]
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    for fx, fy in points[1:]:
-        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=2)
-    page.mouse.up()
 
 
 def test_paint_search_and_read_the_gallery(page, url, tmp_path):
