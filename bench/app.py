@@ -41,19 +41,31 @@ def main() -> int:
         page.goto(url)
         page.wait_for_selector("#vfs-dataset .thumbnail-item")
         for attempt in range(args.searches):
+            grid_src = "document.querySelector('#vfs-grid img')?.src || ''"
+            shown = page.evaluate(grid_src)
             page.locator("#vfs-dataset .thumbnail-item").nth(attempt + 1).click()
-            page.wait_for_function(
+            page.wait_for_function(  # the new image is in the editor once its grid preview is drawn
                 f"document.querySelector('#vfs-picked')?.innerText.includes('#{attempt + 1} ')"
+                f" && ({grid_src}) !== '' && ({grid_src}) !== {shown!r}"
             )
-            paint(page, "#vfs-editor", [(0.40, 0.30), (0.55, 0.45), (0.45, 0.60)])
-            start = time.perf_counter()
-            page.locator("#vfs-search").click()
-            page.wait_for_function(  # the summary names this query once its gallery is in
-                "([wanted]) => { const s = document.querySelector('#vfs-summary')?.innerText || '';"
-                " return s.includes(wanted) && !/\\d\\.\\ds/.test(s)"
-                " && document.querySelectorAll('#vfs-results .caption-label').length > 0; }",
-                arg=[f"results for the dataset image #{attempt + 1} "],
-            )
+            for _ in range(3):  # a stroke made while the editor is still loading the image is lost
+                paint(page, "#vfs-editor", [(0.40, 0.30), (0.55, 0.45), (0.45, 0.60)])
+                start = time.perf_counter()
+                page.locator("#vfs-search").click()
+                page.wait_for_function(  # the summary names this query once its gallery is in
+                    "([wanted]) => { const s = document.querySelector('#vfs-summary')?.innerText || '';"
+                    " const empty = [...document.querySelectorAll('.toast-body')]"
+                    ".some(t => t.innerText.includes('mask is empty'));"
+                    " return empty || (s.includes(wanted) && !/\\d\\.\\ds/.test(s)"
+                    " && document.querySelectorAll('#vfs-results .caption-label').length > 0); }",
+                    arg=[f"results for the dataset image #{attempt + 1} "],
+                )
+                if not page.locator(".toast-body", has_text="mask is empty").count():
+                    break
+                print(f"search {attempt + 1}: the stroke was lost (mask is empty), painting again")
+                page.locator(".toast-close").first.click()
+            else:
+                raise RuntimeError("three strokes in a row were lost: the editor never took the picked image")
             browser_seconds = time.perf_counter() - start
             summary = page.locator("#vfs-summary").inner_text()
             server_ms = float(re.search(r"in ([\d.]+) ms", summary)[1])
