@@ -12,9 +12,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
+import numpy as np
 from gradio.components.plot import PlotData
+from PIL import Image
 
 from app import compare as compare_
 from app import editor as editor_module
@@ -28,6 +31,11 @@ PER_PAGE = 24
 UNIQUE_LABELS = {"no limit": "none", "one per label": "label", "one per domain": "domain"}
 ALL_LABELS = "all labels"
 MAX_UPLOAD = "30mb"  # gradio refuses bigger uploads before they reach a handler
+# Runs in the page: copies the painted editor's value into the hidden `query_value` editor that the
+# server events read. Gradio's page re-reads (re-exports and re-uploads, ~0.3-1 s each on software
+# WebGL) every component that was ever an input or progress target of a server event, on every status
+# message of any event; so the visible editor is never one: it is read once per click, here.
+COPY_EDITOR = "(value) => value"
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,10 @@ class AnalysisContext:
     library: CacheLibrary    # .open(key) -> FeatureCache in RAM; .model(name) -> LoadedModel;
                              # .extractor(model, layer) -> FeatureExtractor; .preprocess(cache) -> Preprocess
     cache_key: gr.Dropdown   # value: str, library key of the selected cache ("" or None when none)
-    editor: gr.ImageEditor   # value: the editor dict; `handlers.read_query(library, key, value, picked)`
-                             # -> (app.state.Query, notes) reads it (raises MaskError on an empty mask)
+    editor: gr.ImageEditor   # value: the editor dict as painted at the last Search/Compare click (a hidden
+                             # copy: never the visible editor, see COPY_EDITOR);
+                             # `handlers.read_query(library, key, value, picked)` -> (app.state.Query, notes)
+                             # reads it (raises MaskError on an empty mask)
     picked: gr.State         # value: app.handlers.Picked | None, the dataset image last put in the editor
     query: gr.State          # value: app.state.Query | None, the query of the last search
     results: gr.State        # value: app.state.Outcome | None, the last search: .matches (list[vfs.Match]),
@@ -114,6 +124,14 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         items, pages = handlers.dataset_page(library, key, page, per_page=PER_PAGE)
         page = min(max(page, 0), pages - 1)
         return items, page, f"page {page + 1} of {pages}"
+
+    @readable
+    def put_example(key, event: gr.SelectData):
+        image = editor_module.to_rgb(np.asarray(Image.open(examples[int(event.index)])))
+        value = editor_module.editor_value(image)
+        name = Path(examples[int(event.index)]).stem
+        label = f"Example photo **{name}** (an upload: not an image of the dataset)"
+        return value, None, handlers.grid_preview(library, key, value) if key else None, label
 
     def put_image(key, index):
         cache = library.open(key)
@@ -222,7 +240,12 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         value = current if current in {v for _, v in choices} else (choices[0][1] if choices else None)
         return status, gr.update(choices=choices, value=value), gr.Timer(active=False)
 
+    def read_editor(trigger):
+        """`trigger` copies the painted editor into `query_value` in the page; chain the server event on it."""
+        return trigger(None, [editor], [query_value], js=COPY_EDITOR, api_name=False, queue=False)
+
     # ---- layout
+    examples = handlers.example_images()
     first_key = library.entries[0].key if library.entries else None
     with gr.Blocks(title="Visual Feature Search") as demo:
         gr.Markdown("# Visual Feature Search\nPaint a region on an image and find the dataset regions that a "
@@ -266,8 +289,13 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                 prev_page = gr.Button("◀ previous", size="sm", elem_id="vfs-prev")
                                 page_label = gr.Markdown("page 1 of 1", elem_id="vfs-page")
                                 next_page = gr.Button("next ▶", size="sm", elem_id="vfs-next")
-                        gr.Examples(handlers.example_images(), inputs=[editor],
-                                    label="Example photos (uploaded queries)")
+                        example_gallery = gr.Gallery(examples, label="Example photos (uploaded queries)",
+                                                     columns=4, height=120, allow_preview=False,
+                                                     object_fit="cover", elem_id="vfs-examples")
+                        query_value = gr.ImageEditor(  # what the server reads: a copy made at each click
+                            type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png",
+                            visible=False, label="query (painted image)",
+                        )
                     with gr.Column(scale=6):
                         with gr.Group():
                             with gr.Row():
@@ -322,17 +350,18 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                               object_fit="contain", format="png")
                     right_results = gr.Gallery(label="right", columns=3, height=520, elem_id="vfs-results-b",
                                                object_fit="contain", format="png")
-            searched = search_button.click(
-                search, [cache_key, editor, k, exclude, unique, only_label, picked],
+            searched = read_editor(search_button.click).success(
+                search, [cache_key, query_value, k, exclude, unique, only_label, picked],
                 [results, summary, grid, plot, share, last, last_query], api_name="search",
             )
-            ctx = AnalysisContext(library=library, cache_key=cache_key, editor=editor, picked=picked,
+            ctx = AnalysisContext(library=library, cache_key=cache_key, editor=query_value, picked=picked,
                                   query=last_query, results=last, searched=searched)
             with gr.Tab("Why similar", id="why"):
                 _analysis_tab(ctx)
         timer = gr.Timer(2.0, active=default_build is not None and not default_build.done)
 
-        # ---- events
+        # ---- events (the visible editor is only ever an output, with its progress shown elsewhere)
+        quiet = {"show_progress_on": [grid]}
         page_outputs = [dataset, page, page_label]
         put_outputs = [editor, picked, grid, picked_label]
         cache_outputs = [cache_info, dataset, page, page_label, only_label, unique]
@@ -342,22 +371,25 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         for button, step in ((prev_page, -1), (next_page, 1)):
             turn = functools.partial(turn_page, step=step)
             button.click(turn, [cache_key, page], page_outputs, api_name=False)
-        dataset.select(pick_from_page, [cache_key, page], put_outputs, api_name=False)
-        random_button.click(pick_random, [cache_key], put_outputs, api_name="random_image")
-        open_index.click(pick_index, [cache_key, index_box], put_outputs, api_name="open_image")
-        editor.apply(preview, [cache_key, editor], [grid], api_name=False, show_progress="hidden")
+        dataset.select(pick_from_page, [cache_key, page], put_outputs, api_name=False, **quiet)
+        example_gallery.select(put_example, [cache_key], put_outputs, api_name=False, **quiet)
+        random_button.click(pick_random, [cache_key], put_outputs, api_name="random_image", **quiet)
+        open_index.click(pick_index, [cache_key, index_box], put_outputs, api_name="open_image", **quiet)
+        read_editor(editor.apply).success(preview, [cache_key, query_value], [grid], api_name=False,
+                                          show_progress="hidden")
         export_button.click(export, [last], [files], api_name="export")
         state_outputs = [cache_key, editor, picked, k, exclude, unique, only_label, grid, picked_label]
-        load_button.click(load_state, [state_text], state_outputs, api_name="load_state")
-        compare_inputs = [left_key, right_key, editor, k, exclude, unique, only_label, picked]
+        load_button.click(load_state, [state_text], state_outputs, api_name="load_state", **quiet)
+        compare_inputs = [left_key, right_key, query_value, k, exclude, unique, only_label, picked]
         compare_outputs = [compare_summary, left_grid, right_grid, left_results, right_results]
-        compare_button.click(run_compare, compare_inputs, compare_outputs, api_name="compare")
+        read_editor(compare_button.click).success(run_compare, compare_inputs, compare_outputs,
+                                                  api_name="compare")
         timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
             pick_cache, [cache_key, only_label], cache_outputs, api_name=False,
         ).then(
             lambda text: load_state(text) if text else [gr.update()] * len(state_outputs), [state_text],
-            state_outputs, api_name=False,
+            state_outputs, api_name=False, **quiet,
         )
     return demo
 

@@ -127,9 +127,22 @@ def browser_page(*, timeout_ms: int = 90_000):
             browser.close()
 
 
+def wait_for_first_image(page, selector: str) -> None:
+    """Wait until the editor at `selector`, empty so far, shows its first image and can take a stroke.
+
+    The editor loads a picked image for ~2.5 s here (software WebGL); a stroke made meanwhile is lost
+    with the old canvas. Its upload placeholder (`.empty`) goes when the image is in.
+    """
+    page.wait_for_function(
+        f"document.querySelector('{selector} canvas') && !document.querySelector('{selector} .empty')"
+    )
+
+
 def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
     """Drag the brush through `points` (fractions of the canvas box): few waypoints, each move ~1 s here."""
-    box = page.locator(f"{selector} canvas").first.bounding_box()
+    canvas = page.locator(f"{selector} canvas").first
+    canvas.scroll_into_view_if_needed()  # the mouse only reaches what is inside the viewport
+    box = canvas.bounding_box()
     x0, y0 = box["x"] + box["width"] * points[0][0], box["y"] + box["height"] * points[0][1]
     page.mouse.move(x0, y0)
     page.mouse.down()

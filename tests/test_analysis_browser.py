@@ -15,7 +15,7 @@ import json
 import shutil
 
 import pytest
-from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches
+from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches, wait_for_first_image
 
 from vfs.overlays import map_cell
 
@@ -76,7 +76,7 @@ def test_hover_recolours_both_layers_in_step(page, url, tmp_path):
     page.wait_for_selector("#vfs-dataset .thumbnail-item")
     page.locator("#vfs-dataset .thumbnail-item").nth(3).click()
     page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#3')")
-    page.wait_for_selector("#vfs-grid img")  # the picked image is in the editor: painting now lands on it
+    wait_for_first_image(page, "#vfs-editor")  # painting now lands on the picked image
     paint(page, "#vfs-editor", [(0.40, 0.35), (0.58, 0.45), (0.50, 0.62)])
     page.locator("#vfs-search").click()
     page.wait_for_function("document.querySelectorAll('#vfs-results .caption-label').length >= 12")

@@ -2,7 +2,8 @@
 
 Pick a dataset image, press Search with nothing painted (a readable message), paint a stroke on the
 editor's canvas, press Search, wait for the gallery, check its captions, and save a screenshot to
-the test's folder and to `tests/artifacts/app-search.png` (ignored by git).
+the test's folder and to `tests/artifacts/app-search.png` (ignored by git). Then an example photo:
+searched twice and compared, with the painted editor read (uploaded) once per click.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches
+from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches, wait_for_first_image
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
@@ -51,7 +52,7 @@ def test_paint_search_and_read_the_gallery(page, url, tmp_path):
     page.wait_for_selector("#vfs-dataset .thumbnail-item")
     page.locator("#vfs-dataset .thumbnail-item").nth(5).click()
     page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#5')")
-    page.wait_for_selector("#vfs-grid img")
+    wait_for_first_image(page, "#vfs-editor")
 
     page.locator("#vfs-search").click()  # nothing painted yet: a message, not a trace
     toast = page.locator(".toast-body", has_text="mask is empty")
@@ -107,3 +108,28 @@ def test_state_in_the_url_reproduces_a_query(page, url, caches):
     page.locator("#vfs-search").click()
     page.wait_for_function("document.querySelectorAll('#vfs-results .caption-label').length == 5")
     assert [c.strip() for c in page.locator("#vfs-results .caption-label").all_inner_texts()] == expected
+
+
+def test_an_example_photo_is_searched_and_compared_reading_the_editor_once_per_click(page, url):
+    uploads = []  # the editor uploads its background, layer and composite each time the page reads it
+    page.on("request", lambda request: uploads.append(request.url) if "/upload" in request.url else None)
+    page.goto(url)
+    page.wait_for_selector("#vfs-examples .thumbnail-item")
+    page.locator("#vfs-examples .thumbnail-item").nth(1).click()
+    page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('Example photo')")
+    wait_for_first_image(page, "#vfs-editor")
+    paint(page, "#vfs-editor", [(0.40, 0.30), (0.55, 0.45), (0.45, 0.60)])
+
+    for k in (6, 5):  # a second search: where gradio's re-reads of past inputs used to pile up
+        page.locator("#vfs-k input[type=number]").fill(str(k))
+        page.locator("#vfs-k input[type=number]").press("Enter")
+        page.locator("#vfs-search").click()
+        page.wait_for_function(
+            f"document.querySelectorAll('#vfs-results .caption-label').length == {k}"
+            " && (document.querySelector('#vfs-summary')?.innerText || '').includes('uploaded image')"
+        )
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#vfs-compare").click()
+    page.wait_for_function("document.querySelectorAll('#vfs-results-b .caption-label').length == 5")
+    assert "share" in page.locator("#vfs-compare-summary").inner_text()
+    assert 3 <= len(uploads) <= 3 * 3, uploads  # three clicks, each one read of the editor

@@ -49,6 +49,18 @@ def editor_argument(image: np.ndarray, mask: np.ndarray, folder) -> dict:
     }
 
 
+def test_the_painted_editor_is_never_an_input_or_progress_target_of_a_server_event(client):
+    """Gradio's page re-reads (re-exports and re-uploads) every component that was ever an input or a
+    progress target of a server event, on every status message of any event: for the painted editor
+    that cost ~1 s per search. Only a hidden copy, made in the page at each click, reaches the server."""
+    editor_id = next(c["id"] for c in client.config["components"] if c["props"].get("elem_id") == "vfs-editor")
+    server_events = [dep for dep in client.config["dependencies"] if dep["backend_fn"]]
+    assert any(editor_id in dep["outputs"] for dep in server_events)  # picking an image does fill it
+    for dep in server_events:
+        assert editor_id not in dep["inputs"], dep
+        assert editor_id not in (dep["show_progress_on"] or dep["outputs"]), dep
+
+
 def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
     library = CacheLibrary(caches, hub=False)
     library.refresh()
