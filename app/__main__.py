@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("VFS_CACHE_DIR") or Path.home() / ".cache" / "vfs")
@@ -48,6 +49,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def warm_up_search() -> None:
+    """Run two tiny searches, so the first user's search does not wait for the search kernels to load.
+
+    Loading numba's compiled kernels takes ~1.6 s here, once per process; it runs in the background
+    while the page starts (measured: the first search then scores 10,000 images in ~20 ms, not ~1.6 s).
+    """
+    import numpy as np
+
+    import vfs
+
+    rng = np.random.default_rng(0)
+    weights = np.zeros((3, 3), np.float32)
+    weights[:2, :2] = 1
+    for dtype in (np.float16, np.float32):  # caches store one or the other
+        source = rng.standard_normal((4, 3, 3, 8)).astype(dtype).transpose(0, 3, 1, 2)  # (N, C, H, W) as a cache
+        vfs.best_windows(rng.standard_normal((8, 3, 3)).astype(np.float32), weights, source)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -63,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if build is None else "; building the default caches in the background"),
         file=sys.stderr,
     )
+    threading.Thread(target=warm_up_search, name="vfs-warm-up", daemon=True).start()
     launch(library, default_build=build, host=args.host, port=args.port, share=args.share)
     return 0
 
