@@ -1,8 +1,8 @@
 """The Gradio page: pick a cache, paint a region, see the most similar regions; compare two caches.
 
-The only module of the app that imports gradio. Handlers (`app.handlers`, `app.exports`,
-`app.compare`) are plain functions; `readable` below is the one place where their errors become
-`gr.Error` messages.
+With its tabs (`app.compare_tab`, `app.analysis_tab`), the only modules of the app that import
+gradio. Handlers (`app.handlers`, `app.exports`, `app.compare`) are plain functions; `readable` below
+is the one place where their errors become `gr.Error` messages.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 from gradio.components.plot import PlotData
 from PIL import Image
 
-from app import compare as compare_
 from app import editor as editor_module
 from app import exports, handlers
+from app.compare_tab import build_compare_tab
 from app.library import CacheLibrary, DefaultBuild
 from app.state import SearchOptions
 from vfs.errors import VFSError
@@ -205,20 +205,6 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         return (state.cache_key, value, picked, opts.k, opts.exclude_query, unique,
                 opts.only_label or ALL_LABELS, grid_image, label)
 
-    @readable
-    def run_compare(left, right, value, k, exclude, unique, only_label, picked,
-                    progress=gr.Progress()):  # noqa: B008
-        if not left or not right:
-            raise gr.Error("pick two caches to compare (left and right)")
-        comparison, notes = compare_.compare(library, left, right, value, picked,
-                                             options_from(k, exclude, unique, only_label),
-                                             progress=lambda fraction, text: progress(fraction, desc=text))
-        for note in notes:
-            gr.Warning(note)
-        left_items, right_items = comparison.items(library)
-        grids = [handlers.grid_preview(library, key, value) for key in (left, right)]
-        return comparison.summary(library), *grids, left_items, right_items
-
     def on_load(request: gr.Request):
         library.refresh()
         choices = cache_choices()
@@ -330,30 +316,14 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                     with gr.Row():
                         state_text = gr.Textbox(label="Load a state", elem_id="vfs-state-text", scale=4)
                         load_button = gr.Button("Load state", elem_id="vfs-load-state", scale=1)
-            with gr.Tab("Compare", id="compare"):
-                gr.Markdown("The query painted in the Search tab, searched in two caches of the same dataset "
-                            "(two models, or two layers of one model), with the same options.")
-                with gr.Row():
-                    left_key = gr.Dropdown(label="left cache", choices=cache_choices(), elem_id="vfs-cache-a",
-                                           allow_custom_value=True)
-                    right_key = gr.Dropdown(label="right cache", choices=cache_choices(),
-                                            elem_id="vfs-cache-b", allow_custom_value=True)
-                compare_button = gr.Button("Compare", variant="primary", elem_id="vfs-compare")
-                compare_summary = gr.Markdown("", elem_id="vfs-compare-summary")
-                with gr.Row():
-                    left_grid = gr.Image(label="what the left model sees", type="pil", height=220,
-                                         interactive=False, elem_id="vfs-grid-a")
-                    right_grid = gr.Image(label="what the right model sees", type="pil", height=220,
-                                          interactive=False, elem_id="vfs-grid-b")
-                with gr.Row():
-                    left_results = gr.Gallery(label="left", columns=3, height=520, elem_id="vfs-results-a",
-                                              object_fit="contain", format="png")
-                    right_results = gr.Gallery(label="right", columns=3, height=520, elem_id="vfs-results-b",
-                                               object_fit="contain", format="png")
             searched = read_editor(search_button.click).success(
                 search, [cache_key, query_value, k, exclude, unique, only_label, picked],
                 [results, summary, grid, plot, share, last, last_query], api_name="search",
             )
+            with gr.Tab("Compare", id="compare"):
+                left_key, right_key = build_compare_tab(
+                    library, cache_choices(), [query_value, k, exclude, unique, only_label, picked], read_editor,
+                )
             ctx = AnalysisContext(library=library, cache_key=cache_key, editor=query_value, picked=picked,
                                   query=last_query, results=last, searched=searched)
             with gr.Tab("Why similar", id="why"):
@@ -380,10 +350,6 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         export_button.click(export, [last], [files], api_name="export")
         state_outputs = [cache_key, editor, picked, k, exclude, unique, only_label, grid, picked_label]
         load_button.click(load_state, [state_text], state_outputs, api_name="load_state", **quiet)
-        compare_inputs = [left_key, right_key, query_value, k, exclude, unique, only_label, picked]
-        compare_outputs = [compare_summary, left_grid, right_grid, left_results, right_results]
-        read_editor(compare_button.click).success(run_compare, compare_inputs, compare_outputs,
-                                                  api_name="compare")
         timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
             pick_cache, [cache_key, only_label], cache_outputs, api_name=False,
