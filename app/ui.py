@@ -127,10 +127,9 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
 
     @readable
     def put_example(key, event: gr.SelectData):
-        image = editor_module.to_rgb(np.asarray(Image.open(examples[int(event.index)])))
-        value = editor_module.editor_value(image)
-        name = Path(examples[int(event.index)]).stem
-        label = f"Example photo **{name}** (an upload: not an image of the dataset)"
+        path = Path(examples[int(event.index)])
+        value = editor_module.editor_value(editor_module.to_rgb(np.asarray(Image.open(path))))
+        label = f"Example photo **{path.stem}** (an upload: not an image of the dataset)"
         return value, None, handlers.grid_preview(library, key, value) if key else None, label
 
     def put_image(key, index):
