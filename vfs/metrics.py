@@ -40,6 +40,20 @@ class Neighbours:
     heights: np.ndarray  # (Q,) int64, window height in cells of each query
     widths: np.ndarray  # (Q,) int64, window width in cells of each query
 
+    @classmethod
+    def unfilled(cls, queries: np.ndarray, k: int) -> Neighbours:
+        """Room for `k` matches of each query: indices, rows and cols -1, scores NaN, sizes 0."""
+        shape = (len(queries), k)
+        return cls(
+            queries=queries,
+            indices=np.full(shape, -1, np.int64),
+            scores=np.full(shape, np.nan, np.float32),
+            rows=np.full(shape, -1, np.int64),
+            cols=np.full(shape, -1, np.int64),
+            heights=np.zeros(len(queries), np.int64),
+            widths=np.zeros(len(queries), np.int64),
+        )
+
 
 def query_weights(
     grid: tuple[int, int], *, box=None, image_size: tuple[int, int] | None = None, preprocess=None
@@ -85,20 +99,17 @@ def neighbours(
     """
     queries = np.asarray(queries, dtype=np.int64)
     weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
-    shape = (len(queries), k)
-    indices, rows, cols = (np.full(shape, -1, np.int64) for _ in range(3))
-    scores = np.full(shape, np.nan, np.float32)
-    heights, widths = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
+    nb = Neighbours.unfilled(queries, k)
     for q, (index, w) in enumerate(zip(queries, weights)):
         matches = search(_query_features(source, int(index)), w, source, k=k, exclude=[int(index)], block=block)
         if len(matches) < k:
             raise SearchError(f"query {index} found {len(matches)} matches, fewer than k={k}: use a smaller k")
-        indices[q] = [m.index for m in matches]
-        scores[q] = [m.score for m in matches]
-        rows[q] = [m.row for m in matches]
-        cols[q] = [m.col for m in matches]
-        heights[q], widths[q] = matches[0].height, matches[0].width
-    return Neighbours(queries, indices, scores, rows, cols, heights, widths)
+        nb.indices[q] = [m.index for m in matches]
+        nb.scores[q] = [m.score for m in matches]
+        nb.rows[q] = [m.row for m in matches]
+        nb.cols[q] = [m.col for m in matches]
+        nb.heights[q], nb.widths[q] = matches[0].height, matches[0].width
+    return nb
 
 
 def distinct_labels(nb: Neighbours, labels: np.ndarray) -> np.ndarray:
@@ -180,10 +191,7 @@ def domain_neighbours(
     if len(names) < k:
         raise SearchError(f"the source has {len(names)} domains, fewer than k={k}: use k <= {len(names)}")
     weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
-    shape = (len(queries), k)
-    indices, rows, cols = (np.full(shape, -1, np.int64) for _ in range(3))
-    scores = np.full(shape, np.nan, np.float32)
-    heights, widths = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
+    nb = Neighbours.unfilled(queries, k)
     for q, (index, w) in enumerate(zip(queries, weights)):
         best = best_windows(_query_features(source, int(index)), w, source, block=block)
         keep = best.indices != index
@@ -191,10 +199,10 @@ def domain_neighbours(
         ranked = np.flatnonzero(keep)[order]
         _, first = np.unique(codes[best.indices[ranked]], return_index=True)  # best image per domain
         chosen = ranked[np.sort(first)][:k]
-        indices[q], scores[q] = best.indices[chosen], best.scores[chosen]
-        rows[q], cols[q] = best.rows[chosen], best.cols[chosen]
-        heights[q], widths[q] = best.height, best.width
-    return Neighbours(queries, indices, scores, rows, cols, heights, widths)
+        nb.indices[q], nb.scores[q] = best.indices[chosen], best.scores[chosen]
+        nb.rows[q], nb.cols[q] = best.rows[chosen], best.cols[chosen]
+        nb.heights[q], nb.widths[q] = best.height, best.width
+    return nb
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
