@@ -15,7 +15,7 @@ import json
 import shutil
 
 import pytest
-from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches, wait_for_first_image
+from app_server import CHROMIUM, REPO, paint, wait_for_first_image
 
 from vfs.overlays import map_cell
 
@@ -42,20 +42,6 @@ ALPHA = """([id, row, col, h, w]) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    caches = shared_caches(tmp_path_factory)
-    log = tmp_path_factory.mktemp("browser-analysis") / "server.log"
-    with running_app(caches, log_path=log) as url:
-        yield url
-
-
-@pytest.fixture
-def page(url):
-    with browser_page() as page:
-        yield page
-
-
 def hover_cell(page, figure: str, row: int, col: int, grid: tuple[int, int], *, click: bool = False) -> None:
     """Move the pointer to the centre of cell (row, col) of a figure's image (and click there)."""
     page.locator(f"#{figure} img").scroll_into_view_if_needed()
@@ -71,8 +57,8 @@ def cell_of(page, figure: str) -> tuple[int, int]:
     return int(row), int(col)
 
 
-def test_hover_recolours_both_layers_in_step(page, url, tmp_path):
-    page.goto(url)
+def test_hover_recolours_both_layers_in_step(page, app_url, tmp_path):
+    page.goto(app_url)
     page.wait_for_selector("#vfs-dataset .thumbnail-item")
     page.locator("#vfs-dataset .thumbnail-item").nth(3).click()
     page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#3')")

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from app_server import CHROMIUM, REPO, browser_page, paint, running_app, shared_caches, wait_for_first_image
+from app_server import CHROMIUM, REPO, paint, wait_for_first_image
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
@@ -30,26 +30,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    return shared_caches(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def url(caches, tmp_path_factory):
-    log = tmp_path_factory.mktemp("browser-app") / "server.log"
-    with running_app(caches, log_path=log) as url:
-        yield url
-
-
-@pytest.fixture
-def page(url):
-    with browser_page() as page:
-        yield page
-
-
-def test_paint_search_and_read_the_gallery(page, url, tmp_path):
-    page.goto(url)
+def test_paint_search_and_read_the_gallery(page, app_url, tmp_path):
+    page.goto(app_url)
     page.wait_for_selector("#vfs-dataset .thumbnail-item")
     page.locator("#vfs-dataset .thumbnail-item").nth(5).click()
     page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#5')")
@@ -86,13 +68,13 @@ def test_paint_search_and_read_the_gallery(page, url, tmp_path):
     print(f"click -> gallery {seconds:.2f} s in the browser; server: {summary}")
 
 
-def test_state_in_the_url_reproduces_a_query(page, url, caches):
+def test_state_in_the_url_reproduces_a_query(page, app_url, app_caches):
     from app import exports, handlers
     from app.editor import editor_value
     from app.library import CacheLibrary
     from app.state import SearchOptions
 
-    library = CacheLibrary(caches, hub=False)
+    library = CacheLibrary(app_caches, hub=False)
     library.refresh()
     key = "fmnist-blocks5"
     cache = library.open(key)
@@ -104,17 +86,17 @@ def test_state_in_the_url_reproduces_a_query(page, url, caches):
     outcome = handlers.run_search(library, query, SearchOptions(k=5, unique="label"))
     expected = [caption for _, caption in handlers.result_items(library, outcome)]
 
-    page.goto(f"{url}/?state={exports.share_string(library, outcome)}")
+    page.goto(f"{app_url}/?state={exports.share_string(library, outcome)}")
     page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('#7')")
     page.locator("#vfs-search").click()
     page.wait_for_function("document.querySelectorAll('#vfs-results .caption-label').length == 5")
     assert [c.strip() for c in page.locator("#vfs-results .caption-label").all_inner_texts()] == expected
 
 
-def test_an_example_photo_is_searched_and_compared_reading_the_editor_once_per_click(page, url):
+def test_an_example_photo_is_searched_and_compared_reading_the_editor_once_per_click(page, app_url):
     uploads = []  # the editor uploads its background, layer and composite each time the page reads it
     page.on("request", lambda request: uploads.append(request.url) if "/upload" in request.url else None)
-    page.goto(url)
+    page.goto(app_url)
     page.wait_for_selector("#vfs-examples .thumbnail-item")
     page.locator("#vfs-examples .thumbnail-item").nth(1).click()
     page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.includes('Example photo')")

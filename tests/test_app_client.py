@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import running_app, shared_caches
 from PIL import Image
 
 from app import editor, handlers
@@ -22,15 +21,8 @@ CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    return shared_caches(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def client(caches, tmp_path_factory):
-    log = tmp_path_factory.mktemp("app-log") / "server.log"
-    with running_app(caches, log_path=log) as url:
-        yield gradio_client.Client(url, verbose=False)
+def client(app_url):
+    return gradio_client.Client(app_url, verbose=False)
 
 
 def editor_argument(image: np.ndarray, mask: np.ndarray, folder) -> dict:
@@ -61,8 +53,8 @@ def test_the_painted_editor_is_never_an_input_or_progress_target_of_a_server_eve
         assert editor_id not in (dep["show_progress_on"] or dep["outputs"]), dep
 
 
-def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
-    library = CacheLibrary(caches, hub=False)
+def test_search_endpoint_matches_the_handlers(client, app_caches, tmp_path):
+    library = CacheLibrary(app_caches, hub=False)
     library.refresh()
     cache = library.open(FMNIST)
     image = handlers.display_image(library, FMNIST, 7)
@@ -82,8 +74,8 @@ def test_search_endpoint_matches_the_handlers(client, caches, tmp_path):
     assert "6 results for the uploaded image" in summary
 
 
-def test_empty_mask_is_a_message_not_a_trace(client, caches, tmp_path):
-    cache = CacheLibrary(caches, hub=False)
+def test_empty_mask_is_a_message_not_a_trace(client, app_caches, tmp_path):
+    cache = CacheLibrary(app_caches, hub=False)
     cache.refresh()
     image = handlers.display_image(cache, FMNIST, 0)
     with pytest.raises(gradio_client.exceptions.AppError, match="mask is empty"):
@@ -98,8 +90,8 @@ def test_empty_mask_is_a_message_not_a_trace(client, caches, tmp_path):
         )
 
 
-def test_picked_query_is_shared_and_loads_back(client, caches, tmp_path):
-    library = CacheLibrary(caches, hub=False)
+def test_picked_query_is_shared_and_loads_back(client, app_caches, tmp_path):
+    library = CacheLibrary(app_caches, hub=False)
     library.refresh()
     image = handlers.display_image(library, FMNIST, 12)
     client.predict(FMNIST, 12, api_name="/open_image")  # the session now holds the pick
@@ -122,8 +114,8 @@ def test_picked_query_is_shared_and_loads_back(client, caches, tmp_path):
     assert np.array_equal(layer[..., 3] > 0, mask)
 
 
-def test_compare_and_export_endpoints(client, caches, tmp_path):
-    library = CacheLibrary(caches, hub=False)
+def test_compare_and_export_endpoints(client, app_caches, tmp_path):
+    library = CacheLibrary(app_caches, hub=False)
     library.refresh()
     image = editor.to_rgb(np.asarray(Image.open(handlers_photo(tmp_path))))
     mask = np.zeros(image.shape[:2], bool)
