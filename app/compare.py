@@ -70,9 +70,8 @@ def compare(
         notes.extend(note for note in query_notes if note not in notes)
         step = None
         if progress:
-            step = lambda fraction, text, side=side, key=key: progress(
-                0.5 * side + 0.5 * fraction, f"{key}: {text}"
-            )
+            def step(fraction, text, side=side, key=key):  # this side's half of the bar
+                progress(0.5 * side + 0.5 * fraction, f"{key}: {text}")
         outcomes.append(handlers.run_search(library, query, options, progress=step))
     left, right = outcomes
     right_indices = {match.index for match in right.matches}

@@ -94,8 +94,8 @@ def queries(cache, real: np.ndarray) -> dict[str, tuple]:
     small[2:5, 1:4] = 1
     out = {}
     for name, weights in (("3x3", small), ("7x7", np.ones((7, 7), np.float32))):
-        first, t1 = timed(lambda: vfs.search(query, weights, cache, k=20))
-        _, t2 = timed(lambda: vfs.search(query, weights, cache, k=20))
+        first, t1 = timed(lambda weights=weights: vfs.search(query, weights, cache, k=20))
+        _, t2 = timed(lambda weights=weights: vfs.search(query, weights, cache, k=20))
         out[name] = (first, t1, t2)
     return out
 
@@ -196,10 +196,10 @@ def main() -> None:
         seconds = write(out, real, labels, items, images=args.images, codec=codec, checksum=checksum, shard=shard)
         size, _ = disk(out, "features")
         _, files = disk(out)
-        loaded, open_ram = timed(lambda: open_cache(out, in_memory=True))
+        loaded, open_ram = timed(lambda out=out: open_cache(out, in_memory=True))
         in_ram = queries(loaded, real)
         del loaded
-        streamed, open_stream = timed(lambda: open_cache(out, in_memory=False))
+        streamed, open_stream = timed(lambda out=out: open_cache(out, in_memory=False))
         small, first, again = queries(streamed, real)["3x3"]
         assert [m.index for m in small] == [m.index for m in in_ram["3x3"][0]]  # same answer either way
         print(f"{codec:<6}{'yes' if checksum else 'no':<5}{shard:>6}{seconds:>9.1f}{raw / seconds / 1e6:>7.0f}"

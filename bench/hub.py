@@ -35,8 +35,8 @@ from numcodecs import Blosc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import vfs
-from hub_caches.encode import CODECS, feature_compressors, inner_rows
+import vfs  # noqa: E402 (after the path set-up)
+from hub_caches.encode import CODECS, feature_compressors, inner_rows  # noqa: E402
 
 SETTINGS = [("lz4", 5), ("zstd", 1), ("zstd", 3), ("zstd", 5), ("zstd", 7), ("zstd", 9)]
 

@@ -160,15 +160,15 @@ def main() -> None:
           f"top-{args.k} agreement (on the first {ref_n})")
     for name in MASKS:
         weights = make_weights(name, 7)
-        ours_s, ours = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
+        ours_s, ours = timed(lambda weights=weights: search(query, weights, source, k=args.k), args.repeats)
         torch_path = "same"
         if kernels.USE_NUMBA and (not weights.all() or dtype == torch.float16):  # numba ran: time torch too
             kernels.USE_NUMBA = False
-            torch_s, torch_ours = timed(lambda: search(query, weights, source, k=args.k), args.repeats)
+            torch_s, torch_ours = timed(lambda weights=weights: search(query, weights, source, k=args.k), args.repeats)
             kernels.USE_NUMBA = True
             same = [(m.index, m.row, m.col) for m in ours] == [(m.index, m.row, m.col) for m in torch_ours]
             torch_path = f"{torch_s:.3f}{'' if same else '!'}"  # ! = the two paths disagree on the top k
-        ref_s, theirs = timed(lambda: reference_top(tool, weights, args.k), 1, warm_up=False)  # slow: one run
+        ref_s, theirs = timed(lambda weights=weights: reference_top(tool, weights, args.k), 1, warm_up=False)  # slow: one run
         ref_s *= scale
         ours_sub = search(query, weights, source, k=args.k, subset=np.arange(ref_n))
         print(f"{name:<14} {ours_s:>9.3f} {torch_path:>10} {ref_s:>32.2f} {ref_s / ours_s:>9.1f} "

@@ -146,7 +146,10 @@ def test_killed_build_resumes_to_identical_cache(built, tmp_path):
     for name in whole.array_keys():
         np.testing.assert_array_equal(resumed[name][:], whole[name][:], err_msg=name)
     times = ("created", "finished")
-    strip = lambda attrs: {**attrs, "vfs_cache": {k: v for k, v in attrs["vfs_cache"].items() if k not in times}}
+
+    def strip(attrs):
+        return {**attrs, "vfs_cache": {k: v for k, v in attrs["vfs_cache"].items() if k not in times}}
+
     assert strip(dict(resumed.attrs)) == strip(dict(whole.attrs))
     open_cache(out).verify()
 
@@ -177,7 +180,7 @@ def test_damage_is_detected_and_named(built, tmp_path, damage, key):
         elif array == "sq_norms":
             cache.sq_norms[:]
         elif array == "labels":
-            cache.labels
+            _ = cache.labels  # the property reads the array
         else:
             [cache.thumbnail(i) for i in range(SHARD)]  # one image reads one chunk: read them all
 

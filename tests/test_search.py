@@ -12,8 +12,8 @@ import zarr
 
 from vfs import search_numba
 from vfs.errors import MaskError, SearchError
-from vfs.window_search import BestWindows, Match, best_windows, search
 from vfs.search_kernels import make_plan
+from vfs.window_search import BestWindows, Match, best_windows, search
 
 
 @pytest.fixture(autouse=True, params=["torch", "numba"])

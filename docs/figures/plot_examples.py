@@ -26,8 +26,8 @@ from vfs.decompose import decompose
 from vfs.features import FeatureExtractor
 from vfs.models import load_model
 from vfs.overlays import layer_similarity_grids, map_cell
-from vfs.window_search import search
 from vfs.sensitivity import transform_sensitivity
+from vfs.window_search import search
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 LAYERS = ("blocks.3", "blocks.5")
