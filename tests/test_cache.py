@@ -185,6 +185,18 @@ def test_damage_is_detected_and_named(built, tmp_path, damage, key):
             [cache.thumbnail(i) for i in range(SHARD)]  # one image reads one chunk: read them all
 
 
+def test_verify_command_reads_a_cache_whole_and_names_a_damaged_block(built, tmp_path, capsys):
+    from vfs.__main__ import main
+
+    assert main(["verify", str(built)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {built}: 64 images") and f"{open_cache(built).verify()} blocks read" in out
+    copy = _damaged_copy(built, tmp_path)
+    (copy / "sq_norms/c/1/0/0").unlink()
+    assert main(["verify", str(copy)]) == 1
+    assert "array 'sq_norms' block file 'sq_norms/c/1/0/0' is missing" in capsys.readouterr().err
+
+
 def test_damage_is_found_when_loading_into_memory(built, tmp_path):
     copy = _damaged_copy(built, tmp_path)
     (copy / "features/c/3/0/0/0").unlink()
