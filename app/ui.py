@@ -32,9 +32,10 @@ UNIQUE_LABELS = {"no limit": "none", "one per label": "label", "one per domain":
 ALL_LABELS = "all labels"
 MAX_UPLOAD = "30mb"  # gradio refuses bigger uploads before they reach a handler
 # Runs in the page: copies the painted editor's value into the hidden `query_value` editor that the
-# server events read. Gradio's page re-reads (re-exports and re-uploads, ~0.3-1 s each on software
-# WebGL) every component that was ever an input or progress target of a server event, on every status
-# message of any event; so the visible editor is never one: it is read once per click, here.
+# server events read. Gradio's page re-reads (re-exports and re-uploads: 0.1-0.3 s alone on software
+# WebGL, ~1 s when a dozen pile up) every component that was ever an input or progress target of a
+# server event, on every status message of any event; so the visible editor is never one: it is read
+# once per click, here (docs/design.md, "App").
 COPY_EDITOR = "(value) => value"
 
 
