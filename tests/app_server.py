@@ -16,6 +16,8 @@ import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CACHES = {  # folder -> (layer, dataset spec, input size)
     "fmnist-blocks5": ("blocks.5", "fashion-mnist:test[:48]", 112),
@@ -101,6 +103,15 @@ def running_app(cache_dir: Path, *, log_path: Path | None = None, extra_args: tu
 
 # Debian chromium driven by Playwright (never `playwright install`); flags keep it off the network.
 CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots kept after a run (ignored by git)
+BROWSER_MARKS = [  # `pytestmark` of a browser test module
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian chromium (apt-get install chromium); scripts/test installs it",
+    ),
+]
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -15,20 +15,12 @@ import json
 import shutil
 
 import pytest
-from app_server import CHROMIUM, REPO, paint, wait_for_first_image
+from app_server import ARTIFACTS, BROWSER_MARKS, paint, wait_for_first_image
 
 from vfs.overlays import map_cell
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
-ARTIFACTS = REPO / "tests" / "artifacts"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian chromium (apt-get install chromium); scripts/test installs it",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 # the canvas of one figure (layer k, image i) as a PNG data URL, and its alpha at a cell's centre
 CANVAS = "(id) => document.querySelector('#' + id + ' canvas').toDataURL()"

@@ -15,19 +15,11 @@ import time
 
 import numpy as np
 import pytest
-from app_server import CHROMIUM, REPO, paint, wait_for_first_image
+from app_server import ARTIFACTS, BROWSER_MARKS, paint, wait_for_first_image
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
-ARTIFACTS = REPO / "tests" / "artifacts"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian chromium (apt-get install chromium); scripts/test installs it",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 def test_paint_search_and_read_the_gallery(page, app_url, tmp_path):
