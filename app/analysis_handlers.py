@@ -87,7 +87,7 @@ def shown_images(library: CacheLibrary, outcome: Outcome | None, *, count: int =
 def second_layer_choices(library: CacheLibrary, outcome: Outcome | None) -> tuple[list[str], str | None]:
     """Layers of the searched cache's model worth showing beside the cache's own (its suggested layers,
     else every layer), and the default pick; `([], None)` when the model cannot be loaded here."""
-    from vfs.features import list_layers
+    from vfs.models.features import list_layers
 
     outcome = _need(outcome)
     meta = library.open(outcome.query.cache_key).meta
@@ -152,7 +152,7 @@ def overlay_payload(shown: Shown) -> dict:
     """Every overlay at once, for the page's script, per layer: grids[p][n][r][c] for pointing at cell p
     of image i (p = i * h * w + row * w + col), cosine mapped to a byte (0 = -1, 255 = +1), base64; and
     `to[k][q]`: the cell (row * w_k + col) of layer k that holds cell q of this layer (`map_cell`)."""
-    from vfs.overlays import all_similarity_grids, map_cell
+    from vfs.analysis.overlays import all_similarity_grids, map_cell
 
     layers = _layers(shown)
     n = shown.features.shape[0]
@@ -216,7 +216,7 @@ def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *
 def overlay_images(shown: Shown, image_index: int, row: int, col: int) -> list[tuple[Image.Image, str]]:
     """The click version of the hover overlays: each image shaded for pointing at `(row, col)` (a cell
     of the cache's layer) of image `image_index`, at every shown layer (the cell mapped by `map_cell`)."""
-    from vfs.overlays import layer_similarity_grids, map_cell
+    from vfs.analysis.overlays import layer_similarity_grids, map_cell
 
     layers = _layers(shown)
     grid = tuple(shown.features.shape[-2:])
@@ -248,7 +248,7 @@ def _heat(image: Image.Image, values: np.ndarray, scale: float) -> Image.Image:
 def why_images(shown: Shown, rank: int, *, pooling: str = "avg") -> tuple[Image.Image, Image.Image, str]:
     """Stylianou et al.'s decomposition of query vs result `rank` (1 = best): where each image's pooled
     embedding meets the other's. Both maps sum to the cosine of the pooled embeddings."""
-    from vfs.decompose import decompose
+    from vfs.analysis.decompose import decompose
 
     if not 1 <= rank < len(shown.images):
         raise SearchError(f"result #{rank} is not shown: pick 1..{len(shown.images) - 1}")
@@ -262,7 +262,7 @@ def why_images(shown: Shown, rank: int, *, pooling: str = "avg") -> tuple[Image.
 
 def factor_images(shown: Shown, *, k: int = 4, negatives: str = "clip") -> tuple[list, str]:
     """NMF of the shown images' activations: each component one colour, blended over the images."""
-    from vfs.overlays import PALETTE, factorize, render_factors
+    from vfs.analysis.overlays import PALETTE, factorize, render_factors
 
     factors = factorize(shown.features, k=k, negatives=negatives)
     colours = render_factors(factors.maps)  # (N, h, w, 3)
@@ -277,7 +277,7 @@ def factor_images(shown: Shown, *, k: int = 4, negatives: str = "clip") -> tuple
 
 def rerank_items(library: CacheLibrary, outcome: Outcome | None, *, pooling: str = "avg", k: int = 8) -> list:
     """The cache ranked by how much the painted region explains each image's pooled similarity."""
-    from vfs.decompose import rerank_region
+    from vfs.analysis.decompose import rerank_region
 
     outcome = _need(outcome)
     cache = library.open(outcome.query.cache_key)
@@ -292,7 +292,7 @@ def sensitivity_spec(library: CacheLibrary, outcome: Outcome | None, row: int, c
                      kind: str = "rotate") -> tuple[dict, str]:
     """Similarity of the query's cell `(row, col)` to its corresponding cell in rotated or rescaled
     copies of the query, as a Vega-Lite line chart."""
-    from vfs.sensitivity import transform_sensitivity
+    from vfs.analysis.sensitivity import transform_sensitivity
 
     outcome = _need(outcome)
     cache = library.open(outcome.query.cache_key)

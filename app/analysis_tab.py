@@ -14,6 +14,7 @@ import gradio as gr
 from gradio.components.plot import PlotData
 
 from app import analysis_handlers as analysis
+from app.wiring import AnalysisContext, readable
 
 # Runs once in the browser when the HTML component mounts; `element` is its root. Listeners sit on the
 # root, so they survive re-renders of the value; the payload is re-read whenever it changes.
@@ -118,9 +119,8 @@ def _plot(spec: dict) -> PlotData:
     return PlotData(type="altair", plot=json.dumps(spec))
 
 
-def build_analysis_tab(ctx) -> None:
+def build_analysis_tab(ctx: AnalysisContext) -> None:
     """Lay out the tab and wire it to the last search (`ctx.results`, refreshed after each search)."""
-    from app.ui import readable
 
     library = ctx.library
     shown = gr.State(None)

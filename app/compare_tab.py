@@ -12,6 +12,7 @@ import gradio as gr
 from app import compare as compare_
 from app import handlers
 from app.library import CacheLibrary
+from app.wiring import options_from, readable
 
 
 def build_compare_tab(library: CacheLibrary, choices: list[tuple[str, str]], query_inputs: list,
@@ -21,8 +22,6 @@ def build_compare_tab(library: CacheLibrary, choices: list[tuple[str, str]], que
     `query_inputs` are the Search tab's [query_value, k, exclude, unique, only_label, picked];
     `read_editor(trigger)` copies the painted editor into query_value before the server event runs.
     """
-    from app.ui import options_from, readable
-
     @readable
     def run_compare(left, right, value, k, exclude, unique, only_label, picked,
                     progress=gr.Progress()):  # noqa: B008

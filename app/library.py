@@ -209,7 +209,7 @@ def hub_entries() -> list[CacheEntry]:
 class DefaultBuild:
     """Builds the offline default caches in a background thread, keeping a line of progress to show.
 
-    `vfs.default_cache.ensure_default_caches(root, progress=...)` does the work; whatever it reports
+    `vfs.cache.defaults.ensure_default_caches(root, progress=...)` does the work; whatever it reports
     is kept as text in `message`, so the page can show it while the build runs.
     """
 
@@ -242,7 +242,7 @@ class DefaultBuild:
 
     def _run(self) -> None:
         try:
-            from vfs.default_cache import ensure_default_caches
+            from vfs.cache.defaults import ensure_default_caches
 
             self.paths = dict(ensure_default_caches(self.root, progress=self.report))
             self.message = "default caches ready"

@@ -25,7 +25,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from app_server import browser_page, paint, running_app  # noqa: E402 (after the path set-up)
 
-from vfs.default_cache import default_root, ensure_default_caches  # noqa: E402
+from vfs.cache.defaults import default_root, ensure_default_caches  # noqa: E402
 
 
 def main() -> int:

@@ -27,9 +27,9 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vfs
-from vfs.cache import open_cache
-from vfs.cache_build import _finish, _open_or_create, _versions, _write_block
-from vfs.cache_format import SCHEMA, CacheMeta
+from vfs.cache.build import _finish, _open_or_create, _versions, _write_block
+from vfs.cache.format import SCHEMA, CacheMeta
+from vfs.cache.reader import open_cache
 from vfs.datasets import ImageItem, open_dataset
 
 VARIANTS = [  # (codec, crc32c, images per shard)
@@ -136,7 +136,7 @@ def loaders(count: int, out: Path) -> None:
     """Decode + preprocess overlapped with the model: the builder's thread vs none vs a DataLoader worker."""
     from torch.utils.data import DataLoader
 
-    from vfs.cache_build import build_cache
+    from vfs.cache.build import build_cache
 
     model = vfs.load_model("efficientnet_lite0")
     spec, layer = f"fashion-mnist:test[:{count}]", "blocks.4"

@@ -29,8 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import vfs.search_kernels as kernels  # noqa: E402
-from vfs.window_search import search  # noqa: E402
+import vfs.retrieval.kernels as kernels  # noqa: E402
+from vfs.retrieval.window import search  # noqa: E402
 
 MASKS = ("full 7x7", "3x3", "2x2", "one cell", "L-shaped blob")
 

@@ -1,6 +1,6 @@
 """Re-encode a finished local cache for distribution, and write its manifest.
 
-The copy keeps the cache layer's layout (`vfs/cache_format.py`: one file per block of S images per
+The copy keeps the cache layer's layout (`vfs/cache/format.py`: one file per block of S images per
 array, crc32c on every chunk) so `vfs.open_cache` reads it unchanged. Only the features, nearly all
 the bytes, are re-encoded: blosc zstd or lz4 (+ byte shuffle, + crc32c), and inner chunks of about
 `CHUNK_BYTES` instead of one image each (zarr's per-chunk cost made a full read of 10,000 one-image
@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR, sha256_file
-from vfs.cache_format import CacheMeta, block_key, stored_size
+from vfs.cache.format import CacheMeta, block_key, stored_size
 
 # blosc settings per codec, measured by bench/hub.py on real efficientnet_lite0 features (10,000 x
 # 7x7x80 blocks.3 and 2,000 x 7x7x192 blocks.5; projection outputs, half negative, so dense float16):

@@ -3,7 +3,7 @@
 
 Pick a dataset image, paint, search, open the tab; the overlays show every image at the cache's layer
 and at a second layer of its model. Hovering a cell of the query recolours both layers, the other
-layer pointing at the cell `vfs.overlays.map_cell` gives; hovering the second layer maps back; a click
+layer pointing at the cell `vfs.analysis.overlays.map_cell` gives; hovering the second layer maps back; a click
 points too, and so does the click fallback (pictures shaded by the server). A screenshot goes to the test's folder
 and to `tests/artifacts/analysis-hover.png` (ignored by git).
 """
@@ -17,7 +17,7 @@ import shutil
 import pytest
 from app_server import ARTIFACTS, BROWSER_MARKS, paint, wait_for_first_image
 
-from vfs.overlays import map_cell
+from vfs.analysis.overlays import map_cell
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
 pytestmark = BROWSER_MARKS

@@ -14,8 +14,8 @@ import torch
 
 from app import analysis_handlers as analysis
 from app.state import Outcome, Query, SearchOptions
+from vfs.analysis.overlays import all_similarity_grids, map_cell
 from vfs.errors import SearchError
-from vfs.overlays import all_similarity_grids, map_cell
 
 
 class TinyLibrary:
@@ -39,19 +39,19 @@ class TinyLibrary:
         return cache.meta.make_preprocess()
 
     def extractor(self, model, layer, *, preprocess=None):
-        from vfs.features import FeatureExtractor
+        from vfs.models.features import FeatureExtractor
 
         return FeatureExtractor(self.model_.module, layer, preprocess=preprocess)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from vfs.cache import open_cache
-    from vfs.cache_build import build_cache
+    from vfs.cache.build import build_cache
+    from vfs.cache.reader import open_cache
     from vfs.datasets import ArrayDataset
-    from vfs.models import load_model
-    from vfs.preprocess import Preprocess
-    from vfs.window_search import best_windows, search
+    from vfs.models.loading import load_model
+    from vfs.models.preprocess import Preprocess
+    from vfs.retrieval.window import best_windows, search
 
     rng = np.random.default_rng(0)
     images = [(rng.random((16, 16, 3)) * 255).astype(np.uint8) for _ in range(10)]
@@ -110,7 +110,7 @@ def test_overlay_payload_round_trips_every_grid(setup):
 
 
 def test_second_layer_is_the_extractor_s_features_cached(setup):
-    from vfs.features import FeatureExtractor
+    from vfs.models.features import FeatureExtractor
 
     library, outcome = setup
     assert analysis.second_layer_choices(library, outcome) == (["1", "2"], "1")

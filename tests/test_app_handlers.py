@@ -13,7 +13,7 @@ import vfs
 from app import compare, drawing, editor, exports, handlers
 from app.library import CacheLibrary
 from app.state import SearchOptions, SharedState, decode_state, encode_state
-from vfs.window_search import search
+from vfs.retrieval.window import search
 
 FMNIST, FMNIST3, PHOTOS = "fmnist-blocks5", "fmnist-blocks3", "photos-blocks5"
 
@@ -343,7 +343,7 @@ def test_compare_counts_shared_results(library):
 
 def test_default_build_reports_progress_and_lists_its_caches(tmp_path, monkeypatch):
     from app.library import DefaultBuild
-    from vfs import default_cache
+    from vfs.cache import defaults as default_cache
 
     tiny = default_cache.DefaultCache("fashion-mnist:test[:12]", "blocks.4", 64, 64)
     monkeypatch.setattr(default_cache, "DEFAULTS", {"fashion-mnist": tiny})  # the real build, a smaller set

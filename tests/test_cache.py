@@ -18,9 +18,9 @@ import torch
 import zarr
 
 import vfs
-from vfs.cache import open_cache
-from vfs.cache_build import build_cache
-from vfs.cache_format import thumbnail_size
+from vfs.cache.build import build_cache
+from vfs.cache.format import thumbnail_size
+from vfs.cache.reader import open_cache
 from vfs.datasets import ArrayDataset, FolderDataset, open_dataset
 from vfs.errors import CacheCorruptError, CacheIncompleteError, CacheMismatchError
 
@@ -112,7 +112,7 @@ def _build_and_die(out: Path, *, after: int) -> None:
     script = f"""
 import os, signal, torch
 torch.set_num_threads(2)
-import vfs.cache_build as cb
+import vfs.cache.build as cb
 original, calls = cb._write_block, []
 def write_then_die(group, meta, block, items, features, thumbnails):
     calls.append(block)
@@ -268,7 +268,7 @@ def test_array_dataset_build_is_deterministic(model, tmp_path):
 
 
 def test_default_caches_build_once_then_reuse(tmp_path, monkeypatch):
-    from vfs import default_cache
+    from vfs.cache import defaults as default_cache
 
     monkeypatch.setattr(default_cache, "DEFAULTS", {
         "fashion-mnist": default_cache.DefaultCache("fashion-mnist:test[:24]", "blocks.4", 64, 64),
@@ -293,8 +293,8 @@ def test_default_caches_build_once_then_reuse(tmp_path, monkeypatch):
 @pytest.mark.parametrize("codec", ["none", "lz4", "zstd"])
 @pytest.mark.parametrize("checksum", [True, False])
 def test_shard_file_fast_paths_match_zarr_byte_for_byte(tmp_path, codec, checksum):
-    from vfs.cache_format import compressors
-    from vfs.shard_file import read_shard, write_shard
+    from vfs.cache.format import compressors
+    from vfs.cache.shard_file import read_shard, write_shard
 
     rng = np.random.default_rng(3)
     values = np.maximum(rng.normal(size=(13, 3, 2, 5)), 0).astype(np.float16)  # post-ReLU-like, 13 rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfs.decompose import decompose, rerank_region, surrogate
+from vfs.analysis.decompose import decompose, rerank_region, surrogate
 from vfs.errors import SearchError
 
 
@@ -119,8 +119,8 @@ def test_maps_sum_to_the_score_on_real_features():
     """efficientnet_lite0 features of two scikit-image photos (the bundled ImageNet weights, offline)."""
     import skimage.data
 
-    from vfs.features import FeatureExtractor
-    from vfs.models import load_model
+    from vfs.models.features import FeatureExtractor
+    from vfs.models.loading import load_model
 
     model = load_model("efficientnet_lite0")
     extractor = FeatureExtractor(model.module, "blocks.5", preprocess=model.preprocess)

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from vfs.errors import LayerError
-from vfs.features import FeatureExtractor, layer_shapes, layers_command, list_layers
-from vfs.preprocess import Preprocess
+from vfs.models.features import FeatureExtractor, layer_shapes, layers_command, list_layers
+from vfs.models.preprocess import Preprocess
 
 
 class Count(nn.Module):
@@ -190,7 +190,7 @@ def test_layers_command_marks_suggested_layers(capsys):
 
 
 def test_tokens_of_a_later_stage_get_their_grid_from_the_count():
-    from vfs.features import to_grid
+    from vfs.models.features import to_grid
 
     class Swinish(nn.Module):  # patch size 4, but a later stage holds 28x28 tokens of a 224 input
         def __init__(self):

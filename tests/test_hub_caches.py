@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vfs
-from vfs.cache_build import build_cache
+from vfs.cache.build import build_cache
 from vfs.errors import CacheIncompleteError, VFSError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -224,7 +224,7 @@ def test_rate_limit_and_no_network_have_their_own_errors(hub, pushed, tmp_path, 
 
 
 def test_push_refuses_an_unfinished_cache(lite0, hub, tmp_path, monkeypatch):
-    from vfs import cache_build
+    from vfs.cache import build as cache_build
 
     original, written = cache_build._write_block, []
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import vfs
 
@@ -36,9 +38,12 @@ def test_every_public_name_resolves():
 
 CALLABLE = """
 import vfs
-from vfs.window_search import Match  # importing the defining module first must not shadow anything
+from vfs.retrieval.window import Match  # importing the defining module first must not shadow anything
 vfs.Match, vfs.BestWindows
-import vfs.features, vfs.masks, vfs.cache, vfs.cache_build, vfs.models
+import importlib, pkgutil
+for info in pkgutil.walk_packages(vfs.__path__, "vfs."):  # every module and subpackage
+    if not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
 bad = [name for name in ("search", "best_windows", "load_model", "mask_to_grid", "open_cache", "build_cache")
        if not callable(getattr(vfs, name)) or type(getattr(vfs, name)).__name__ == "module"]
 print(",".join(bad))
@@ -50,3 +55,50 @@ def test_public_functions_stay_functions_after_their_modules_are_imported():
     result = subprocess.run([sys.executable, "-c", CALLABLE], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+# The layers of `vfs`, lowest first: a module may import its own layer and the ones before it only.
+LAYERS = [
+    ("vfs.errors",),
+    ("vfs.datasets", "vfs.models"),
+    ("vfs.masks",),
+    ("vfs.cache",),
+    ("vfs.retrieval",),
+    ("vfs.analysis",),
+    ("vfs.demo", "vfs.cli", "vfs.__main__", "vfs"),
+]
+
+
+def _layer(module: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or (p != "vfs" and module.startswith(p + ".")) for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def _vfs_imports(path: Path, root: Path) -> set[str]:
+    """Every `vfs` module that `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            if node.module == "vfs":  # `from vfs import x`: a submodule, the public surface or the version
+                found |= {f"vfs.{a.name}" if (root / a.name).is_dir() or (root / f"{a.name}.py").exists()
+                          else "vfs" for a in node.names if a.name != "__version__"}
+            else:
+                found.add(node.module or "")
+    return {name for name in found if name == "vfs" or name.startswith("vfs.")}
+
+
+def test_lower_layers_never_import_upper_ones():
+    root = Path(vfs.__file__).parent
+    wrong = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module == "vfs":  # the public surface re-exports from every layer
+            continue
+        wrong += [f"{module} imports {name}" for name in _vfs_imports(path, root) if _layer(name) > _layer(module)]
+    assert not wrong, wrong

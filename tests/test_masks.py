@@ -13,7 +13,7 @@ from PIL import Image
 
 from vfs.errors import MaskError
 from vfs.masks import box_to_grid, mask_to_grid, window_to_box
-from vfs.preprocess import Preprocess
+from vfs.models.preprocess import Preprocess
 
 HALF = (0.5, 0.5, 0.5)
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vfs.errors import SearchError
-from vfs.metrics import (
+from vfs.analysis.metrics import (
     auroc,
     bin_by,
     box_iou,
@@ -21,6 +20,7 @@ from vfs.metrics import (
     shared_neighbours,
     window_ious,
 )
+from vfs.errors import SearchError
 
 
 def planted_source(per_label: int = 6, labels: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -149,10 +149,10 @@ def tiny_cache(tmp_path_factory):
     """A real cache: 12 images of two planted labels (bright top or bright bottom), a 4x4-grid conv net."""
     import torch
 
-    from vfs.cache_build import build_cache
+    from vfs.cache.build import build_cache
     from vfs.datasets import ArrayDataset
-    from vfs.models import load_model
-    from vfs.preprocess import Preprocess
+    from vfs.models.loading import load_model
+    from vfs.models.preprocess import Preprocess
 
     rng = np.random.default_rng(6)
     images, labels = [], []
@@ -171,8 +171,8 @@ def tiny_cache(tmp_path_factory):
 
 
 def test_experiment_command_reports_what_the_metrics_compute(tiny_cache, tmp_path, capsys):
-    from vfs.cache import open_cache
-    from vfs.experiment import choose_queries, experiment_command
+    from vfs.analysis.experiment import choose_queries, experiment_command
+    from vfs.cache.reader import open_cache
 
     out = tmp_path / "labels.json"
     assert experiment_command(["labels", str(tiny_cache), "--k", "3", "--queries", "8", "--json", str(out)]) == 0
@@ -199,7 +199,7 @@ def test_experiment_command_reports_what_the_metrics_compute(tiny_cache, tmp_pat
 
 
 def test_experiment_command_explains_missing_data(tiny_cache, capsys):
-    from vfs.experiment import experiment_command
+    from vfs.analysis.experiment import experiment_command
 
     assert experiment_command(["iou", str(tiny_cache)]) == 1
     assert "no ground-truth boxes" in capsys.readouterr().err
@@ -208,7 +208,7 @@ def test_experiment_command_explains_missing_data(tiny_cache, capsys):
 
 
 def test_query_weights_of_small_and_large_boxes():
-    from vfs.metrics import query_weights
+    from vfs.analysis.metrics import query_weights
 
     # 8x8 grid over 64x64 pixels: a box of 2x3 cells exactly, and one smaller than a cell
     exact = query_weights((8, 8), box=(16.0, 24.0, 32.0, 48.0), image_size=(64, 64))

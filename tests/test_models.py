@@ -17,9 +17,9 @@ from torch import nn
 
 import vfs
 from vfs.errors import ModelError
-from vfs.features import layer_shapes
-from vfs.models import SUGGESTED_LAYERS
-from vfs.preprocess import Preprocess
+from vfs.models.features import layer_shapes
+from vfs.models.loading import SUGGESTED_LAYERS
+from vfs.models.preprocess import Preprocess
 
 
 def sha16(path) -> str:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfs.errors import SearchError
-from vfs.overlays import (
+from vfs.analysis.overlays import (
     all_similarity_grids,
     factorize,
     layer_similarity_grids,
@@ -17,7 +16,8 @@ from vfs.overlays import (
     render_factors,
     similarity_grids,
 )
-from vfs.sensitivity import transform_image, transform_sensitivity, transformed_cell
+from vfs.analysis.sensitivity import transform_image, transform_sensitivity, transformed_cell
+from vfs.errors import SearchError
 
 
 def naive_grids(features: np.ndarray, image_index: int, row: int, col: int) -> np.ndarray:

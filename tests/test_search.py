@@ -10,18 +10,18 @@ import pytest
 import torch
 import zarr
 
-from vfs import search_numba
 from vfs.errors import MaskError, SearchError
-from vfs.search_kernels import make_plan
-from vfs.window_search import BestWindows, Match, best_windows, search
+from vfs.retrieval import numba_kernel
+from vfs.retrieval.kernels import make_plan
+from vfs.retrieval.window import BestWindows, Match, best_windows, search
 
 
 @pytest.fixture(autouse=True, params=["torch", "numba"])
 def kernel(request, monkeypatch):
     """Run every test through the torch path and through the fused numba kernel for small masks."""
-    if request.param == "numba" and not search_numba.AVAILABLE:
+    if request.param == "numba" and not numba_kernel.AVAILABLE:
         pytest.skip(reason="numba is not installed (or VFS_NUMBA=0): the torch path alone is tested")
-    monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", request.param == "numba")
+    monkeypatch.setattr("vfs.retrieval.kernels.USE_NUMBA", request.param == "numba")
     return request.param
 
 
@@ -204,7 +204,7 @@ def test_planted_region_is_found_with_score_one():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_blockwise_equals_one_shot(dtype, monkeypatch):
-    monkeypatch.setattr("vfs.search_kernels.CHUNK_BYTES", 8 * 49 * 4 * 4)  # 4 images per kernel call
+    monkeypatch.setattr("vfs.retrieval.kernels.CHUNK_BYTES", 8 * 49 * 4 * 4)  # 4 images per kernel call
     rng = np.random.default_rng(4)
     features = random_features(rng, (30, 8, 7, 7), dtype)
     query = features[7]
@@ -225,7 +225,7 @@ def test_results_do_not_depend_on_the_kernel_chunk(monkeypatch):
     features = random_features(rng, (30, 8, 5, 5))
     weights = weights_of("box", (5, 5), rng)
     expected = search(features[0], weights, features, k=30)
-    monkeypatch.setattr("vfs.search_kernels.CHUNK_BYTES", 8 * 25 * 4 * 7)  # 7 images per chunk
+    monkeypatch.setattr("vfs.retrieval.kernels.CHUNK_BYTES", 8 * 25 * 4 * 7)  # 7 images per chunk
     assert make_plan(torch.ones(8, 2, 3), torch.ones(2, 3), (5, 5), device=torch.device("cpu")).chunk == 7
     chunked = search(features[0], weights, features, k=30, block=5)
     assert [(m.index, m.row, m.col) for m in chunked] == [(m.index, m.row, m.col) for m in expected]
@@ -243,16 +243,16 @@ def test_cuda_equals_cpu():
         np.testing.assert_allclose(cuda.scores, cpu.scores, atol=1e-5)
 
 
-@pytest.mark.skipif(not search_numba.AVAILABLE, reason="numba is not installed (or VFS_NUMBA=0)")
+@pytest.mark.skipif(not numba_kernel.AVAILABLE, reason="numba is not installed (or VFS_NUMBA=0)")
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_numba_kernel_equals_torch_path(monkeypatch, dtype):
     rng = np.random.default_rng(12)
     features = random_features(rng, (70, 16, 7, 6), dtype)
     for mask in ["cell", "box", "corner", "L", "soft"]:
         weights = weights_of(mask, (7, 6), rng)
-        monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", False)
+        monkeypatch.setattr("vfs.retrieval.kernels.USE_NUMBA", False)
         torch_path = best_windows(features[3], weights, make_source("cl_norms", features))
-        monkeypatch.setattr("vfs.search_kernels.USE_NUMBA", True)
+        monkeypatch.setattr("vfs.retrieval.kernels.USE_NUMBA", True)
         fused = best_windows(features[3], weights, make_source("cl_norms", features))
         np.testing.assert_allclose(fused.scores, torch_path.scores, atol=1e-6)
         np.testing.assert_array_equal(fused.rows, torch_path.rows)

@@ -8,7 +8,7 @@ The public surface, imported lazily so that `import vfs` stays cheap (torch load
     weights = vfs.mask_to_grid(mask, features.shape[-2:], preprocess=model.preprocess)
     matches = vfs.search(features[0], weights, features, k=10)    # best first
 
-Analysis tools live in submodules: `vfs.overlays`, `vfs.decompose`, `vfs.metrics`.
+Analysis tools live in submodules: `vfs.analysis.overlays`, `vfs.analysis.decompose`, `vfs.analysis.metrics`.
 """
 
 from __future__ import annotations
@@ -31,25 +31,25 @@ from vfs.errors import (
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
-    "Preprocess": "vfs.preprocess",
-    "LoadedModel": "vfs.models",
-    "load_model": "vfs.models",
-    "FeatureExtractor": "vfs.features",
-    "list_layers": "vfs.features",
-    "layer_shapes": "vfs.features",
+    "Preprocess": "vfs.models.preprocess",
+    "LoadedModel": "vfs.models.loading",
+    "load_model": "vfs.models.loading",
+    "FeatureExtractor": "vfs.models.features",
+    "list_layers": "vfs.models.features",
+    "layer_shapes": "vfs.models.features",
     "mask_to_grid": "vfs.masks",
     "box_to_grid": "vfs.masks",
     "window_to_box": "vfs.masks",
-    "Match": "vfs.window_search",
-    "BestWindows": "vfs.window_search",
-    "search": "vfs.window_search",
-    "best_windows": "vfs.window_search",
+    "Match": "vfs.retrieval.window",
+    "BestWindows": "vfs.retrieval.window",
+    "search": "vfs.retrieval.window",
+    "best_windows": "vfs.retrieval.window",
     "ImageItem": "vfs.datasets",
     "open_dataset": "vfs.datasets",
-    "FeatureCache": "vfs.cache",
-    "CacheMeta": "vfs.cache",
-    "open_cache": "vfs.cache",
-    "build_cache": "vfs.cache_build",
+    "FeatureCache": "vfs.cache.reader",
+    "CacheMeta": "vfs.cache.reader",
+    "open_cache": "vfs.cache.reader",
+    "build_cache": "vfs.cache.build",
 }
 
 __all__ = sorted(
@@ -84,11 +84,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
-    from vfs.cache import CacheMeta, FeatureCache, open_cache
-    from vfs.cache_build import build_cache
+    from vfs.cache.build import build_cache
+    from vfs.cache.reader import CacheMeta, FeatureCache, open_cache
     from vfs.datasets import ImageItem, open_dataset
-    from vfs.features import FeatureExtractor, layer_shapes, list_layers
     from vfs.masks import box_to_grid, mask_to_grid, window_to_box
-    from vfs.models import LoadedModel, load_model
-    from vfs.preprocess import Preprocess
-    from vfs.window_search import BestWindows, Match, best_windows, search
+    from vfs.models.features import FeatureExtractor, layer_shapes, list_layers
+    from vfs.models.loading import LoadedModel, load_model
+    from vfs.models.preprocess import Preprocess
+    from vfs.retrieval.window import BestWindows, Match, best_windows, search

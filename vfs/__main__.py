@@ -8,11 +8,11 @@ from vfs.cli import dispatch
 
 # command -> (module, function, help); each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "layers": ("vfs.features", "layers_command", "list a model's layers with output shapes"),
-    "index": ("vfs.cache_build", "index_command", "build (or resume) a feature cache of a dataset"),
-    "verify": ("vfs.cache", "verify_command", "read a cache whole, checking every block's size and checksum"),
+    "layers": ("vfs.models.features", "layers_command", "list a model's layers with output shapes"),
+    "index": ("vfs.cache.build", "index_command", "build (or resume) a feature cache of a dataset"),
+    "verify": ("vfs.cache.reader", "verify_command", "read a cache whole, checking every block's size and checksum"),
     "search": ("vfs.demo", "search_command", "search bundled photos from the command line"),
-    "experiment": ("vfs.experiment", "experiment_command", "run the paper's neighbour metrics on caches"),
+    "experiment": ("vfs.analysis.experiment", "experiment_command", "run the paper's neighbour metrics on caches"),
 }
 
 

@@ -19,7 +19,7 @@ from vfs.errors import VFSError
 
 def search_command(argv: list[str]) -> int:
     """Parse `argv`, run the search, print the matches; returns the exit code (2 on bad input)."""
-    from vfs.models import DEFAULT_MODEL
+    from vfs.models.loading import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
         prog="python -m vfs search",
@@ -44,10 +44,10 @@ def search_command(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from vfs.datasets import skimage_photos
-    from vfs.features import FeatureExtractor
     from vfs.masks import box_to_grid, window_to_box
-    from vfs.models import load_model
-    from vfs.window_search import search
+    from vfs.models.features import FeatureExtractor
+    from vfs.models.loading import load_model
+    from vfs.retrieval.window import search
 
     photos = skimage_photos()
     items = [photos[index] for index in range(len(photos))]

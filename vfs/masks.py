@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vfs.errors import MaskError
-from vfs.preprocess import Preprocess, area_resample
+from vfs.models.preprocess import Preprocess, area_resample
 
 EMPTY = "mask is empty: paint over the region you want to search for"
 OUTSIDE = (

@@ -11,9 +11,9 @@ import argparse
 
 import numpy as np
 
+from vfs.analysis.experiment import choose_queries
+from vfs.analysis.metrics import Neighbours, auroc, distinct_labels, same_label_fraction
 from vfs.datasets import open_dataset
-from vfs.experiment import choose_queries
-from vfs.metrics import Neighbours, auroc, distinct_labels, same_label_fraction
 
 
 def main() -> None:

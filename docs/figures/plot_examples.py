@@ -21,13 +21,13 @@ import skimage.data
 import torch
 from PIL import Image
 
-from vfs.cache import open_cache
-from vfs.decompose import decompose
-from vfs.features import FeatureExtractor
-from vfs.models import load_model
-from vfs.overlays import layer_similarity_grids, map_cell
-from vfs.sensitivity import transform_sensitivity
-from vfs.window_search import search
+from vfs.analysis.decompose import decompose
+from vfs.analysis.overlays import layer_similarity_grids, map_cell
+from vfs.analysis.sensitivity import transform_sensitivity
+from vfs.cache.reader import open_cache
+from vfs.models.features import FeatureExtractor
+from vfs.models.loading import load_model
+from vfs.retrieval.window import search
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 LAYERS = ("blocks.3", "blocks.5")

@@ -14,7 +14,7 @@ computed here). Two ways to get the dot products, picked per mask by their cost:
   position. Cost ~ offsets multiply-adds per feature value (a full mask is a single matvec).
 
 Everything here is plain torch on whatever device the tensors live on (CPU or CUDA). On the CPU,
-small masks ("cells") and float16 blocks go through the fused numba kernel of `vfs.search_numba`
+small masks ("cells") and float16 blocks go through the fused numba kernel of `vfs.retrieval.numba_kernel`
 when numba is installed: it does only the cells x offsets dot products the windows need (the GEMM
 does cells x every position), widens float16 in cache, and equals this path to float32 rounding.
 float32 blocks with large masks stay on the torch matvec, which ties it.
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vfs import search_numba
+from vfs.retrieval import numba_kernel
 
 CHUNK_BYTES = 4 << 20  # float32 bytes of features scored in one CPU kernel call: about the L3 cache
 CUDA_CHUNK_BYTES = 256 << 20  # on a GPU, fewer and larger transfers
-USE_NUMBA = search_numba.AVAILABLE  # the fused CPU kernel (tests switch it off and on)
+USE_NUMBA = numba_kernel.AVAILABLE  # the fused CPU kernel (tests switch it off and on)
 FUSED_DTYPES = (torch.float16, torch.float32)
 
 
@@ -200,7 +200,7 @@ def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Ten
     else:
         norms = sq_norms.reshape(n, -1).to(torch.float32).contiguous().numpy()  # (n, H*W), only read
     out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
-    search_numba.fused_scores(stored, channels_last=channels_last, columns=columns, positions=positions,
+    numba_kernel.fused_scores(stored, channels_last=channels_last, columns=columns, positions=positions,
                               square_weights=square_weights, sq_norms=norms, out=out)
     return torch.from_numpy(out)
 

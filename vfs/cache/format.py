@@ -102,7 +102,7 @@ class CacheMeta:
 
     def make_preprocess(self):
         """The `Preprocess` to apply to a query so its features match this cache's."""
-        from vfs.preprocess import Preprocess
+        from vfs.models.preprocess import Preprocess
 
         known = {f.name for f in fields(Preprocess)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items() if k in known}

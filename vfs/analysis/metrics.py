@@ -12,7 +12,7 @@ Every function takes a `source` (anything `(N, C, H, W)` that slices along dim 0
 `vfs.search`) and plain arrays for labels, domains and boxes, so it works on caches and on arrays.
 A query is an image of the source (its index); its region is the whole image, or a box
 `(top, left, bottom, right)` in original pixels mapped with `box_to_grid`. `python -m vfs
-experiment` (in `vfs.experiment`) runs these on caches and prints tables.
+experiment` (in `vfs.analysis.experiment`) runs these on caches and prints tables.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from vfs.errors import SearchError
 from vfs.masks import box_to_grid, window_to_box
-from vfs.window_search import best_windows, search
+from vfs.retrieval.window import best_windows, search
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vfs.errors import ModelError
-from vfs.preprocess import Preprocess
+from vfs.models.preprocess import Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

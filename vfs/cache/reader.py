@@ -28,9 +28,9 @@ from PIL import Image
 from zarr.abc.store import Store
 from zarr.storage import LocalStore
 
-from vfs.cache_format import SCHEMA, CacheMeta, block_key, stored_size, thumbnail_size
+from vfs.cache.format import SCHEMA, CacheMeta, block_key, stored_size, thumbnail_size
+from vfs.cache.shard_file import local_layout, read_shard
 from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError, VFSError
-from vfs.shard_file import local_layout, read_shard
 
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 

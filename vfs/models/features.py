@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vfs.errors import LayerError, ModelError
-from vfs.preprocess import Preprocess
+from vfs.models.preprocess import Preprocess
 
 
 class _Captured(Exception):
@@ -252,7 +252,7 @@ def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None)
 
 def layers_command(argv: list[str]) -> int:
     """`python -m vfs layers MODEL [--input-size N]`: every layer with its output shape."""
-    from vfs.models import DEFAULT_MODEL, load_model
+    from vfs.models.loading import DEFAULT_MODEL, load_model
 
     parser = argparse.ArgumentParser(
         prog="python -m vfs layers",

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vfs.analysis.overlays import similarity_grids
 from vfs.errors import SearchError
-from vfs.overlays import similarity_grids
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`python -m vfs experiment METRIC CACHE ...`: the neighbour metrics of `vfs.metrics` on caches,
+"""`python -m vfs experiment METRIC CACHE ...`: the neighbour metrics of `vfs.analysis.metrics` on caches,
 printed as tables (and optionally written as JSON).
 
     python -m vfs experiment labels  CACHE [--k 5]          distinct labels and precision in the top k
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vfs import metrics
+from vfs.analysis import metrics
 from vfs.errors import VFSError
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -47,7 +47,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _open(path: str):
-    from vfs.cache import open_cache
+    from vfs.cache.reader import open_cache
 
     return open_cache(path)
 

@@ -10,7 +10,7 @@ multiplies every channel of its cell, on both sides):
     best = best_windows(features[0], weights, features)                   # every image's best window
 
 Positions are (row, col) in feature cells. Ties go to the lower index, then the lower row, col.
-The math lives in `vfs.search_kernels`; this module validates, reads the source block by block and
+The math lives in `vfs.retrieval.kernels`; this module validates, reads the source block by block and
 keeps the best matches.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vfs.errors import MaskError, SearchError
-from vfs.search_kernels import WindowPlan, make_plan, score_block
+from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 

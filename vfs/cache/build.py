@@ -33,7 +33,7 @@ import torch
 import zarr
 from PIL import Image
 
-from vfs.cache_format import (
+from vfs.cache.format import (
     ARRAYS,
     CODEC,
     SCHEMA,
@@ -46,9 +46,9 @@ from vfs.cache_format import (
     stored_size,
     thumbnail_size,
 )
+from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
 from vfs.errors import CacheMismatchError, DatasetError
-from vfs.shard_file import write_shard
 
 Progress = bool | Callable[[float, str], None]
 
@@ -65,8 +65,8 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     An unfinished cache at `out` built the same way is resumed; a finished one is returned as is; one
     built differently raises `CacheMismatchError` unless `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
     """
-    from vfs.features import FeatureExtractor
-    from vfs.models import load_model
+    from vfs.models.features import FeatureExtractor
+    from vfs.models.loading import load_model
 
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype {dtype!r} is not supported: use float16 (default) or float32")
@@ -261,9 +261,9 @@ def _fields(preprocess: Any) -> dict[str, Any]:
 def _versions() -> dict[str, str]:
     import numcodecs
 
-    import vfs
+    from vfs import __version__
 
-    return {"vfs": vfs.__version__, "torch": torch.__version__, "zarr": zarr.__version__,
+    return {"vfs": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
             "numpy": np.__version__, "numcodecs": numcodecs.__version__}
 
 

@@ -9,7 +9,7 @@ by the cosine similarity of its feature vector to the pointed one:
 Layers of different grid sizes stay synchronised by mapping the pointed cell through normalised
 image coordinates (`map_cell`). Two companions from the same article live here too: the
 non-negative matrix factorisation of the shown images' activations (`factorize`, `render_factors`)
-and, in `vfs.sensitivity`, how the pointed patch's similarity changes under rotation and scaling.
+and, in `vfs.analysis.sensitivity`, how the pointed patch's similarity changes under rotation and scaling.
 
 Positions are `(row, col)` in feature cells throughout. A zero feature vector has cosine 0 with
 everything (itself included): post-ReLU features can be exactly zero.

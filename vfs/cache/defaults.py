@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfs.cache_build import build_cache
+from vfs.cache.build import build_cache
 from vfs.datasets import open_dataset
 
 MODEL = "efficientnet_lite0"
@@ -63,9 +63,9 @@ def ensure_default_caches(root: Path | None = None, *,
     Finished caches are reused as they are (nothing is recomputed); an interrupted build resumes.
     `progress(fraction, message)` is called as the builds advance (fraction over all of them).
     """
-    from vfs.cache import open_cache
+    from vfs.cache.reader import open_cache
     from vfs.errors import CacheError, CacheMismatchError
-    from vfs.models import load_model
+    from vfs.models.loading import load_model
 
     root = Path(root).expanduser() if root is not None else default_root()
     root.mkdir(parents=True, exist_ok=True)
