@@ -180,13 +180,15 @@ def test_best_windows_equals_oracle(mask):
     assert best.scores.dtype == np.float32 and best.rows.dtype == np.int64
 
 
-def test_query_grid_differs_from_dataset_grid():
+def test_query_grid_differs_from_dataset_grid_when_asked():
     rng = np.random.default_rng(2)
     query = random_features(rng, (4, 3, 3))
     weights = np.array([[0, 1, 0], [1, 0.5, 0], [0, 0, 0]], np.float32)
     features = random_features(rng, (7, 4, 8, 5))
     scores = oracle_scores(query, weights, features)
-    assert_matches(search(query, weights, features, k=20), oracle_search(scores, k=20), scores)
+    with pytest.raises(SearchError, match="3x3 but the source's is 8x5"):  # refused unless asked for
+        search(query, weights, features, k=20)
+    assert_matches(search(query, weights, features, k=20, any_grid=True), oracle_search(scores, k=20), scores)
 
 
 def test_planted_region_is_found_with_score_one():
@@ -337,9 +339,9 @@ def test_zero_magnitude_windows_score_zero():
     assert not np.isnan(best.scores).any() and best.scores[2] == 0
     scores = oracle_scores(features[1], weights, features)
     np.testing.assert_allclose(best.scores, scores.reshape(6, -1).max(axis=1), atol=1e-5)
-    zero_query = np.zeros((3, 4, 4), np.float32)
-    matches = search(zero_query, weights, features, k=6)
-    assert [m.score for m in matches] == [0.0] * 6 and [m.index for m in matches] == list(range(6))
+    zero_query = np.zeros((3, 4, 4), np.float32)  # no activation under the mask: refused (scores would all be 0)
+    with pytest.raises(MaskError, match="all zero under the mask.*another layer"):
+        search(zero_query, weights, features, k=6)
 
 
 def test_k_larger_than_the_candidates_returns_them_all():
@@ -373,7 +375,7 @@ def test_errors_say_what_to_do():
     with pytest.raises(SearchError, match=r"\(C, H, W\)"):
         search(features, weights, features)
     with pytest.raises(SearchError, match="only 3x3"):
-        search(query, weights_of("full", (5, 5), rng), features[:, :, :3, :3])
+        search(query, weights_of("full", (5, 5), rng), features[:, :, :3, :3], any_grid=True)
     with pytest.raises(SearchError, match="k must"):
         search(query, weights, features, k=0)
     with pytest.raises(SearchError, match="per_image"):

@@ -47,3 +47,15 @@ class CacheCorruptError(CacheError, OSError):
 
 class CacheMismatchError(CacheError, ValueError):
     """A cache opened with a model, layer or schema that does not match the one it was built with."""
+
+
+class NonFiniteError(VFSError, ValueError):
+    """Features holding NaN or inf, or values the cache's dtype cannot store (the message names where)."""
+
+
+class OptionError(VFSError, ValueError):
+    """An option outside its valid range (a batch size of 0, an unknown codec...)."""
+
+
+class CacheBusyError(CacheError, BlockingIOError):
+    """Another process is building the same cache folder right now."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vfs.errors import MaskError, SearchError
+from vfs.errors import MaskError, NonFiniteError, SearchError
 from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
@@ -53,23 +53,23 @@ class BestWindows:
 
 
 def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, per_image: int = 1,
-           block: int | None = None, device=None) -> list[Match]:
+           block: int | None = None, device=None, any_grid: bool = False) -> list[Match]:
     """The `k` best windows over `source` (N, C, H, W), best first, at most `per_image` per image.
 
     `query` is one image's features (C, H, W) and `weights` (H, W) in [0, 1] the region on its grid.
     `exclude` lists indices never returned (the query image itself, say); `subset` restricts the
     search to these indices. `block` is how many images are read at a time (rounded up to the
     kernel's chunk); it never changes the results. `device` (e.g. "cuda") is where the math runs.
+    The query's grid must be the source's (features of another input size rank wrongly) unless
+    `any_grid=True`. Non-finite features, in the query region or in a scored window, raise
+    `NonFiniteError` (naming the images) rather than dropping or misranking them.
     """
-    if not is_positive_int(k):
-        raise SearchError(f"k must be a positive integer, got {k!r}: ask for k=1 or more matches")
-    if not is_positive_int(per_image):
-        raise SearchError(f"per_image must be a positive integer, got {per_image!r}: "
-                          "use 1 for the best window per image")
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+    check_count(k, "k", "ask for k=1 or more matches")
+    check_count(per_image, "per_image", "use 1 for the best window per image")
+    plan, indices, device = prepare(query, weights, source, subset=subset, device=device, any_grid=any_grid)
     excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
     best = Candidates(k)
-    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
+    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, ignore=excluded):
         if excluded.size:  # scored with the rest (whole slices read faster than gathers), never returned
             keep = ~np.isin(chunk_indices, excluded)
             chunk_indices, scores = chunk_indices[keep], scores[torch.from_numpy(keep).to(scores.device)]
@@ -86,9 +86,12 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
 
 
 def best_windows(query, weights, source, *, subset=None, block: int | None = None,
-                 device=None) -> BestWindows:
-    """The best window (score, row, col) of every image of `source`, or of `subset` (ascending)."""
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+                 device=None, any_grid: bool = False) -> BestWindows:
+    """The best window (score, row, col) of every image of `source`, or of `subset` (ascending).
+
+    Inputs are checked as `search` checks them (grid, non-finite features): scores are never NaN.
+    """
+    plan, indices, device = prepare(query, weights, source, subset=subset, device=device, any_grid=any_grid)
     parts_indices, parts_scores, parts_offsets = [], [], []
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
         top, offsets = scores.max(dim=1)  # (n,) each, first maximum = lowest offset
@@ -126,7 +129,8 @@ class Candidates:
         return zip(self.indices.tolist(), self.scores.tolist(), self.offsets.tolist())
 
 
-def prepare(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.ndarray, torch.device]:
+def prepare(query, weights, source, *, subset, device,
+            any_grid: bool = False) -> tuple[WindowPlan, np.ndarray, torch.device]:
     """Validate the inputs; return the plan, the sorted image indices to scan, and the device."""
     query = as_float_tensor(query, "query")
     if query.ndim != 3:
@@ -150,6 +154,8 @@ def prepare(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.n
     if channels != query.shape[0]:
         raise SearchError(f"query has {query.shape[0]} channels but the source has {channels}: "
                           "take the query from the same model layer as the source")
+    if not any_grid:
+        check_grid(tuple(query.shape[1:]), (height, width), source)
     rows, cols = torch.nonzero(weights > 0, as_tuple=True)
     top, left, bottom, right = int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
     if bottom - top > height or right - left > width:
@@ -165,6 +171,7 @@ def prepare(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.n
         device = query.device
     device = torch.device(device)
     query_box = query[:, top:bottom, left:right].to(device)  # (C, h, w)
+    check_query_region(query_box, weights[top:bottom, left:right].to(device))
     plan = make_plan(query_box, weights[top:bottom, left:right].to(device), (height, width), device=device)
     return plan, indices, device
 
@@ -185,6 +192,50 @@ def is_positive_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
+def check_count(value, name: str, hint: str) -> None:
+    """A positive int (not a bool, not a float) or a SearchError saying what to pass."""
+    if not is_positive_int(value):
+        raise SearchError(f"{name} must be a positive integer, got {value!r}: {hint}")
+
+
+def check_grid(query_grid: tuple[int, ...], grid: tuple[int, int], source) -> None:
+    """The query's (H, W) must be the source's: features of another input size describe other regions."""
+    if tuple(query_grid) == tuple(grid):
+        return
+    meta = getattr(source, "meta", None)
+    built = f" (built at {meta.input_size} px input)" if meta is not None else ""
+    size = f" at {meta.input_size} px, e.g. with cache.meta.make_preprocess()," if meta is not None else ""
+    raise SearchError(f"the query's feature grid is {query_grid[0]}x{query_grid[1]} but the source's is "
+                      f"{grid[0]}x{grid[1]}{built}: extract the query{size} the way the source was extracted, "
+                      "or pass any_grid=True to compare grids of different sizes on purpose")
+
+
+def check_query_region(query_box: torch.Tensor, weights_box: torch.Tensor) -> None:
+    """The weighted query region (C, h, w) must be finite and not all zero: else no score means anything."""
+    weighted = query_box * weights_box  # (C, h, w)
+    if not bool(torch.isfinite(weighted).all()):
+        raise NonFiniteError("the query's features hold NaN or inf under the mask: the model produced "
+                             "non-finite values for this image; check the image and the model, or use "
+                             "another layer")
+    if not bool((weighted != 0).any()):
+        raise MaskError("the query's features are all zero under the mask (no activation at this layer), so "
+                        "every window would score 0: paint a larger region, or search at another layer")
+
+
+def nonfinite_rows(features: torch.Tensor, norms: torch.Tensor | None, scores: torch.Tensor) -> np.ndarray:
+    """(n,) bool: images of a scored block whose features hold NaN or inf.
+
+    NaN scores show most of them. The fused kernel widens float16 without keeping inf, so float16
+    blocks are also checked directly (when their squared norms are not given) or through their norms.
+    """
+    bad = ~torch.isfinite(scores).all(dim=1)  # (n,)
+    if norms is not None:
+        bad |= ~torch.isfinite(norms.reshape(len(norms), -1)).all(dim=1).to(bad.device)  # (n,)
+    elif features.dtype == torch.float16:
+        bad |= ~torch.isfinite(features.reshape(len(features), -1)).all(dim=1).to(bad.device)  # (n,)
+    return bad.cpu().numpy()
+
+
 def check_indices(values, count: int, name: str) -> np.ndarray:
     """Sorted unique int64 indices, each in [0, count)."""
     values = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).ravel()
@@ -198,9 +249,11 @@ def check_indices(values, count: int, name: str) -> np.ndarray:
     return values
 
 
-def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
-         device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
+         ignore: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (indices (n,), scores (n, offsets)) over `indices`, one read block at a time.
+
+    Images with non-finite features raise `NonFiniteError`, except those in `ignore` (never returned).
 
     Kernel calls hold min(`plan.chunk`, len(indices)) images (the last one padded with zeros) and
     blocks are whole numbers of them, so each image is scored the same way whatever `block` is.
@@ -218,7 +271,16 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
         wanted = indices[start:start + block]
         features = read(source, wanted)  # (n, C, H, W)
         norms = None if sq_norms is None else read(sq_norms, wanted)  # (n, H, W)
-        yield wanted, score_block(features, plan, chunk=chunk, device=device, sq_norms=norms)  # (n, offsets)
+        scores = score_block(features, plan, chunk=chunk, device=device, sq_norms=norms)  # (n, offsets)
+        bad = nonfinite_rows(features, norms, scores)  # (n,)
+        if ignore is not None and ignore.size:
+            bad &= ~np.isin(wanted, ignore)
+        if bad.any():
+            raise NonFiniteError(
+                f"the features of image(s) {wanted[bad][:10].tolist()} hold NaN or inf, so they cannot be "
+                "ranked: rebuild the source from the images (a cache build refuses non-finite features), or "
+                f"leave them out with exclude={wanted[bad][:10].tolist()}")
+        yield wanted, scores
 
 
 def read(source, indices: np.ndarray) -> torch.Tensor:
