@@ -5,7 +5,8 @@ array, crc32c on every chunk) so `vfs.open_cache` reads it unchanged. Only the f
 the bytes, are re-encoded: blosc zstd or lz4 (+ byte shuffle, + crc32c), and inner chunks of about
 `CHUNK_BYTES` instead of one image each (zarr's per-chunk cost made a full read of 10,000 one-image
 chunks ~10x slower; one image still reads in the same time). The per-block byte sizes the cache
-layer checks (`block_nbytes`, `progress`) are recomputed for them.
+layer checks (`block_nbytes`, `progress`) and the crc32c that ties each block file to its place
+(`block_crc32c`, `digests`) are recomputed for them; a build's lock file is not copied.
 
     folder/
       cache.zarr/...      the Zarr v3 group
@@ -26,7 +27,8 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from hub_caches.remote import MANIFEST, MANIFEST_FORMAT, STORE_DIR, sha256_file
-from vfs.cache.format import CacheMeta, block_key, stored_size
+from vfs.cache.durable import LOCK
+from vfs.cache.format import CacheMeta, block_file, block_key, digest
 
 # blosc settings per codec, measured by bench/hub.py on real efficientnet_lite0 features (10,000 x
 # 7x7x80 blocks.3 and 2,000 x 7x7x192 blocks.5; projection outputs, half negative, so dense float16):
@@ -59,7 +61,7 @@ def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd",
     source, target = Path(source), Path(out) / STORE_DIR
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source, target)  # every array but the features is kept byte for byte
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(LOCK))  # all but the features byte for byte
     group = zarr.open_group(target, mode="r+")
     old = group["features"]
     meta = CacheMeta.from_attrs(group.attrs["vfs_cache"])
@@ -74,14 +76,20 @@ def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd",
         source_features = zarr.open_array(source / "features", mode="r")
         for start in range(0, old.shape[0], rows):
             new[start:start + rows] = source_features[start:start + rows]  # (S, H, W, C)
-    sizes = [stored_size(group.store, block_key(new, block)) for block in range(-(-old.shape[0] // rows))]
+    files = [block_file(group.store, block_key(new, block)) or b"" for block in range(-(-old.shape[0] // rows))]
+    sizes, digests = [len(data) for data in files], [digest(data) for data in files]
     column = list(meta.arrays).index("features")
-    progress = group["progress"][:]  # (blocks, arrays)
-    progress[:, column] = sizes
-    group["progress"][:] = progress
+    for table, values in (("progress", sizes), ("digests", digests)):
+        if table in group:  # (blocks, arrays); "digests" is absent from caches built before it existed
+            rows_of = group[table][:]
+            rows_of[:, column] = values
+            group[table][:] = rows_of
     nbytes = dict(group.attrs.get("block_nbytes", {}))
     nbytes["features"] = sizes
-    group.attrs.update({"block_nbytes": nbytes, "vfs_cache": {**group.attrs["vfs_cache"], "codec": codec}})
+    update = {"block_nbytes": nbytes, "vfs_cache": {**group.attrs["vfs_cache"], "codec": codec}}
+    if "block_crc32c" in group.attrs:
+        update["block_crc32c"] = {**group.attrs["block_crc32c"], "features": digests}
+    group.attrs.update(update)
     with warnings.catch_warnings():  # zarr notes that v3 has no spec for it yet; zarr itself reads it
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(target)  # opening reads one zarr.json instead of one per array

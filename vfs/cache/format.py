@@ -9,30 +9,43 @@
     ids          (N,)         str, path or id of each image; chunk = S images
     domains      (N,)         str, only when the dataset has domains
     boxes        (N,)         str, JSON list of (top, left, bottom, right) per image, only with boxes
+    digests      (B, A)       int64, crc32c of each array's block file, written with its progress row
+                              (-1 = unknown: blocks written before digests existed)
     progress     (B, A)       int64, one chunk per block of S images: the byte size of each array's
                               block, written only after every array's block is written (0 = not done)
+    .vfs-build.lock           held by the build writing the folder (vfs/cache/durable.py)
 
 Every chunk carries a crc32c checksum (Zarr's `crc32c` codec, and the shard index has its own), so
 flipped bits and truncation fail to decode. A missing or emptied file would silently read as the fill
-value, so the byte size of every block is recorded too and checked before the block is used.
+value, so the byte size of every block is recorded too and checked before the block is used. A block
+file copied over another block of the same array passes both (same sizes, valid chunks): the crc32c
+of each whole block file, recorded per position at build time (attribute "block_crc32c"), ties every
+file to the place it belongs, and is checked the first time a block is read.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from crc32c import crc32c
 from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer.core import default_buffer_prototype
 from zarr.core.sync import sync
+
+from vfs.errors import OptionError
 
 SCHEMA = 1
 THUMBNAIL = 96          # thumbnail side in pixels (images are never scaled up)
 SHARD = 1024            # images per shard (per block of every array)
 CODEC = "lz4"           # default compressor of features: see bench/cache.py for the figures
+CODECS = ("none", "lz4", "zstd")
 SHARDED = ("features", "thumbnails")  # arrays with one chunk per image inside each shard
 ARRAYS = ("features", "thumbnails", "sq_norms", "labels", "image_sizes", "ids", "domains", "boxes")
 
@@ -48,7 +61,7 @@ def compressors(codec: str, *, dtype: np.dtype, checksum: bool = True) -> list[A
         chosen = [BloscCodec(cname=codec, clevel=5 if codec == "lz4" else 1, shuffle="shuffle",
                              typesize=np.dtype(dtype).itemsize)]
     else:
-        raise ValueError(f"unknown codec {codec!r}: use none, lz4 or zstd")
+        raise OptionError(f"unknown codec {codec!r}: use none, lz4 or zstd")
     return chosen + ([Crc32cCodec()] if checksum else [])
 
 
@@ -108,14 +121,22 @@ class CacheMeta:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items() if k in known}
         return Preprocess(**values)
 
-    def resume_command(self, out: str) -> str:
-        """The `python -m vfs index` command that builds (or resumes) this cache at `out`."""
-        extra = "" if self.codec == CODEC else f" --codec {self.codec}"
-        extra += "" if self.shard_size == SHARD else f" --shard-size {self.shard_size}"
-        extra += f" --resize {self.preprocess['size']}"
-        return (f"python -m vfs index --model {self.model} --layer {self.layer} --dataset '{self.dataset}' "
-                f"--out {out} --dtype {self.dtype} --input-size {self.input_size} "
-                f"--batch-size {self.batch_size}{extra}")
+    def resume_command(self, out: str | Path) -> str:
+        """The `python -m vfs index` command that builds (or resumes) this cache at `out`, shell-quoted."""
+        options = ["--model", self.model, "--layer", self.layer, "--dataset", self.dataset, "--out", str(out),
+                   "--dtype", self.dtype, "--input-size", str(self.input_size),
+                   "--resize", str(self.preprocess["size"]), "--batch-size", str(self.batch_size)]
+        if self.weights_id == "random":
+            options += ["--weights", "random"]
+        if self.codec != CODEC:
+            options += ["--codec", self.codec]
+        if self.shard_size != SHARD:
+            options += ["--shard-size", str(self.shard_size)]
+        if self.thumbnail != THUMBNAIL:
+            options += ["--thumbnail", str(self.thumbnail)]
+        if not self.checksum:
+            options += ["--no-checksum"]
+        return "python -m vfs index " + " ".join(map(shlex.quote, options))
 
 
 def _plain(value: Any) -> Any:
@@ -134,6 +155,17 @@ def block_key(array: zarr.Array, block: int) -> str:
     coords = (block,) + (0,) * (array.ndim - 1)
     key = array.metadata.encode_chunk_key(coords)
     return f"{array.path}/{key}" if array.path else key
+
+
+def block_file(store: Store, key: str) -> bytes | None:
+    """The whole file `key` of `store`, or None when it is missing."""
+    value = sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if value is None else value.to_bytes()
+
+
+def digest(data: bytes) -> int:
+    """crc32c of a whole block file: with its position in the "block_crc32c" table, it binds file to place."""
+    return crc32c(data)
 
 
 def stored_size(store: Store, key: str) -> int | None:

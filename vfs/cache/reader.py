@@ -7,8 +7,11 @@
 
 Everything is read through zarr's store API, so any zarr `Store` works (a local folder, or a
 read-through store that fetches chunks from elsewhere). Every block (S images) of every array is
-checked before use: its file must exist with the byte size recorded at build time, and every chunk
-must pass its crc32c. Damage raises `CacheCorruptError` naming the array and file, never zeros.
+checked before use: its file must exist with the byte size and the crc32c recorded at build time for
+that position (so a block file copied over another is caught too), and every chunk must pass its own
+crc32c. Damage raises `CacheCorruptError` naming the array and file, never zeros; so does damaged
+metadata (`zarr.json`). Caches built before block digests existed are checked by size and chunk
+checksums only (`FeatureCache.positions_bound` is False; `python -m vfs verify` says so).
 
 A cache that fits comfortably in RAM is loaded once (`in_memory=None` decides by size), so
 repeated queries cost in-memory time; otherwise reads go a whole block (shard) at a time.
@@ -28,9 +31,15 @@ from PIL import Image
 from zarr.abc.store import Store
 from zarr.storage import LocalStore
 
-from vfs.cache.format import SCHEMA, CacheMeta, block_key, stored_size, thumbnail_size
+from vfs.cache.durable import build_owner
+from vfs.cache.format import SCHEMA, CacheMeta, block_file, block_key, digest, stored_size, thumbnail_size
 from vfs.cache.shard_file import local_layout, read_shard
 from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError, VFSError
+
+# what reading damaged files raises: zarr's checksum and metadata errors are ValueErrors, blosc and zstd
+# raise RuntimeError, a short file TypeError or IndexError deep in a codec; anything else is a bug, not damage
+DECODE_ERRORS = (ValueError, RuntimeError, TypeError, IndexError, EOFError)
+METADATA_ERRORS = (ValueError, KeyError, TypeError)  # JSONDecodeError, zarr's NodeNotFound/MetadataValidation...
 
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 
@@ -43,6 +52,7 @@ def open_cache(path: str | Path | Store, *, model: Any = None, layer: str | None
     True loads everything now, False streams from the store, None decides by size vs free RAM.
     """
     where = str(path)
+    folder = None
     if isinstance(path, (str, Path)):
         folder = Path(path).expanduser()
         if not (folder / "zarr.json").is_file():
@@ -51,16 +61,24 @@ def open_cache(path: str | Path | Store, *, model: Any = None, layer: str | None
         store: Store = LocalStore(folder, read_only=True)
     else:
         store = path
-    group = zarr.open_group(store, mode="r")
-    attrs = group.attrs.get("vfs_cache")
+    try:
+        group = zarr.open_group(store, mode="r")
+        attrs = group.attrs.get("vfs_cache")
+        meta = None if attrs is None or attrs.get("schema") != SCHEMA else CacheMeta.from_attrs(attrs)
+    except METADATA_ERRORS as error:
+        raise _bad_metadata(where, "zarr.json", error, meta=None) from error
     if attrs is None:
-        raise CacheMismatchError(f"{where} is a zarr group but not a feature cache (no 'vfs_cache' attributes)")
-    if attrs.get("schema") != SCHEMA:
+        raise CacheMismatchError(f"{where} is a zarr group but not a feature cache (no 'vfs_cache' attributes); "
+                                 "if a build was killed as it started, run it again with the same --out")
+    if meta is None:
         raise CacheMismatchError(f"{where} has cache schema {attrs.get('schema')}, this vfs reads schema "
                                  f"{SCHEMA}: rebuild it with this version (python -m vfs index ...)")
-    meta = CacheMeta.from_attrs(attrs)
     if meta.status != "complete":
+        owner = build_owner(folder) if folder is not None else None
         done = _images_done(group, meta)
+        if owner is not None:
+            raise CacheIncompleteError(f"{where} is being built right now by {owner}: {done} of {meta.count} "
+                                       "images done; open it when that build finishes")
         raise CacheIncompleteError(f"{where} is an unfinished cache: {done} of {meta.count} images done; "
                                    f"resume with: {meta.resume_command(where)} (same command)")
     _check_model(meta, where, model=model, layer=layer)
@@ -76,7 +94,11 @@ class FeatureCache:
     def __init__(self, group: zarr.Group, meta: CacheMeta, *, where: str):
         self.meta, self.where = meta, where
         nbytes = group.attrs.get("block_nbytes", {})
-        self._arrays = {name: BlockReader(group[name], nbytes=nbytes.get(name), name=name, where=where)
+        digests = group.attrs.get("block_crc32c", {})
+        self.positions_bound = all(digests.get(name) is not None and min(digests[name], default=0) >= 0
+                                   for name in meta.arrays)  # every block file tied to its place
+        self._arrays = {name: BlockReader(_array(group, name, where, meta), nbytes=nbytes.get(name),
+                                          digests=digests.get(name), name=name, where=where)
                         for name in meta.arrays}
         self._features: np.ndarray | BlockReader = self._arrays["features"]
         self._sq_norms: np.ndarray | BlockReader = self._arrays["sq_norms"]
@@ -162,8 +184,9 @@ class FeatureCache:
 class BlockReader:
     """One zarr array read and verified a block (S images, one file) at a time; slices along dim 0."""
 
-    def __init__(self, array: zarr.Array, *, nbytes: list[int] | None, name: str, where: str):
-        self.array, self.nbytes, self.name, self.where = array, nbytes, name, where
+    def __init__(self, array: zarr.Array, *, nbytes: list[int] | None, name: str, where: str,
+                 digests: list[int] | None = None):
+        self.array, self.nbytes, self.digests, self.name, self.where = array, nbytes, digests, name, where
         self.shape, self.dtype = array.shape, array.dtype
         self.rows = array.shards[0] if array.shards else array.chunks[0]
         self.blocks = -(-self.shape[0] // self.rows)
@@ -219,26 +242,40 @@ class BlockReader:
         """Rows [start, stop) of one block, after checking its file; errors name the file."""
         block = start // self.rows
         key = block_key(self.array, block)
-        if block not in self._checked:
-            size = stored_size(self.array.store, key)
-            expected = self.nbytes[block] if self.nbytes else None
-            if size is None or size == 0:
-                raise self._corrupt(key, "is missing" if size is None else "is empty")
-            if expected is not None and size != expected:
-                raise self._corrupt(key, f"has {size} bytes, the build wrote {expected} (truncated or altered)")
-            self._checked.add(block)
+        data = None if block in self._checked else self._check(block, key)  # the whole file, when just read
         try:
             if self._local is not None and start == block * self.rows and stop - start > 1:
                 folder, compressed, checksum = self._local
-                return read_shard((folder / key).read_bytes(), rows=stop - start, per_shard=self.rows,
-                                  row_shape=self.shape[1:], dtype=self.dtype, compressed=compressed,
-                                  checksum=checksum)
+                return read_shard(data if data is not None else (folder / key).read_bytes(), rows=stop - start,
+                                  per_shard=self.rows, row_shape=self.shape[1:], dtype=self.dtype,
+                                  compressed=compressed, checksum=checksum)
             values = self.array[start:stop]
         except VFSError:  # the store's own errors (a remote store offline, rate limited...) say what happened
             raise
-        except Exception as error:  # zarr raises ValueError for checksum mismatches, others for garbage
+        except DECODE_ERRORS as error:  # checksum mismatches and garbage; a bug or MemoryError propagates as is
             raise self._corrupt(key, f"failed to decode ({type(error).__name__}: {error})") from error
         return np.asarray(values, dtype=object) if self.dtype.kind == "T" else values
+
+    def _check(self, block: int, key: str) -> bytes | None:
+        """Check block `block`'s file against the build's record: exists, byte size, crc32c at this position.
+
+        With a recorded crc32c the whole file is read (and returned, to decode without reading it again);
+        otherwise only its size is looked up (None returned).
+        """
+        expected = self.digests[block] if self.digests and self.digests[block] >= 0 else None
+        data = block_file(self.array.store, key) if expected is not None else None
+        size = len(data) if data is not None else stored_size(self.array.store, key)
+        recorded = self.nbytes[block] if self.nbytes else None
+        if size is None or size == 0:
+            raise self._corrupt(key, "is missing" if size is None else "is empty")
+        if recorded is not None and size != recorded:
+            raise self._corrupt(key, f"has {size} bytes, the build wrote {recorded} (truncated or altered)")
+        if data is not None and digest(data) != expected:
+            raise self._corrupt(key, "is not the file the build wrote at this position (its crc32c differs: "
+                                     "altered, or another block's file copied over it)")
+        with self._lock:
+            self._checked.add(block)
+        return data
 
     def _numpy_dtype(self) -> np.dtype:
         return np.dtype(object) if self.dtype.kind == "T" else self.dtype
@@ -249,7 +286,28 @@ class BlockReader:
                                  "or download it again")
 
 
+def _array(group: zarr.Group, name: str, where: str, meta: CacheMeta) -> zarr.Array:
+    """The array `name` of a cache, or a `CacheCorruptError` naming its metadata file."""
+    try:
+        return group[name]
+    except METADATA_ERRORS as error:
+        raise _bad_metadata(where, f"{name}/zarr.json", error, meta=meta) from error
+
+
+def _bad_metadata(where: str, file: str, error: Exception, *, meta: CacheMeta | None) -> CacheCorruptError:
+    """The error for a metadata file that is missing or unreadable, with how to recover."""
+    why = "is missing" if isinstance(error, (KeyError, FileNotFoundError)) else \
+        f"cannot be read ({type(error).__name__}: {error})"
+    rebuild = (f"rebuild it into a new folder ({meta.resume_command('NEW_FOLDER')})" if meta is not None
+               else "rebuild it into a new folder (python -m vfs index ... --out NEW_FOLDER)")
+    return CacheCorruptError(f"{where}: metadata file '{file}' {why}; the cache's data cannot be read without "
+                             f"it: restore that file from a copy of the cache, download the cache again, or "
+                             f"{rebuild}")
+
+
 def _images_done(group: zarr.Group, meta: CacheMeta) -> int:
+    if "progress" not in group:  # killed before its arrays were all created: nothing done
+        return 0
     done = group["progress"][:].any(axis=1)  # (blocks,)
     return sum(min(meta.count, (b + 1) * meta.shard_size) - b * meta.shard_size for b in np.flatnonzero(done))
 
@@ -283,6 +341,7 @@ def _available_memory() -> int:
 def verify_command(argv: list[str]) -> int:
     """`python -m vfs verify PATH [PATH ...]`: read every block of each cache, checking sizes and checksums."""
     import argparse
+    import sys
     import time
 
     parser = argparse.ArgumentParser(prog="python -m vfs verify", description=verify_command.__doc__)
@@ -293,6 +352,11 @@ def verify_command(argv: list[str]) -> int:
         cache = open_cache(path, in_memory=False)  # an unfinished cache is refused here, with its resume command
         blocks = cache.verify()
         meta = cache.meta
+        bound = "sizes, checksums and positions" if cache.positions_bound else "sizes and checksums"
         print(f"ok: {path}: {meta.count:,} images of {meta.dataset}, {meta.model} {meta.layer!r}, "
-              f"{blocks} blocks read and checked in {time.perf_counter() - started:.1f} s")
+              f"{blocks} blocks read and checked ({bound}) in {time.perf_counter() - started:.1f} s")
+        if not cache.positions_bound:
+            print(f"note: {path} was built before block digests existed, so a block file copied over another "
+                  "block of the same array cannot be detected; rebuild it to have every block tied to its "
+                  "place", file=sys.stderr)
     return 0

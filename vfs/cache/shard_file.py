@@ -10,7 +10,6 @@ the caller reads through zarr. Every checksum is verified; a problem raises `Val
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from crc32c import crc32c
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.storage import LocalStore
+
+from vfs.cache.durable import durable_write
 
 EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
 
@@ -105,8 +106,5 @@ def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
     parts.append(index_bytes + crc32c(index_bytes).to_bytes(4, "little"))
     key = f"{array.path}/{array.metadata.encode_chunk_key((block,) + (0,) * (array.ndim - 1))}"
     path = folder / key.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(b"".join(parts))
-    os.replace(partial, path)  # readers never see half a shard
+    durable_write(path, b"".join(parts))  # synced, then renamed: readers never see half a shard
     return True
