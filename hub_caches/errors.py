@@ -36,6 +36,14 @@ class RateLimitError(HubCacheError, ConnectionError):
     """The Hub answered HTTP 429 Too Many Requests (after huggingface_hub's own retries)."""
 
 
+class HubServerError(HubCacheError, ConnectionError):
+    """The Hub answered with a server error (HTTP 5xx): it is reachable but failing; retry later."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status code (500, 502, 503, 504...)
+
+
 class RemoteFileError(CacheCorruptError):
     """A file of a published cache that is missing, truncated or altered: names repo, revision and file."""
 
@@ -77,6 +85,11 @@ def hub_error(error: Exception, *, repo_id: str, revision: str | None, filename:
             f"the Hub refused {what}{host} with HTTP 429 Too Many Requests, even after retrying: wait a few "
             "minutes and try again, log in (`hf auth login`) for a higher limit, or download the whole cache "
             "once with `python -m hub_caches pull` when the limit resets")
+    if status is not None and 500 <= status < 600:  # before "offline": a failing server is not a lost network
+        return HubServerError(
+            f"the Hub{host} answered HTTP {status} (a server error on its side) for {what}, even after "
+            "retrying: the network is fine; try again in a few minutes, or work from a cache downloaded "
+            "beforehand (`python -m hub_caches pull NAME`, then HF_HUB_OFFLINE=1)", status=status)
     if isinstance(error, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError, hf.RevisionResolutionError)):
         reason = "HF_HUB_OFFLINE=1 is set" if offline else f"the Hub cannot be reached{host}"
         return HubOfflineError(

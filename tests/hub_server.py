@@ -10,6 +10,7 @@ rate-limit switch answers every request with HTTP 429. It counts requests and by
         ...
         hub.stats.requests, hub.stats.bytes_served
         hub.app.state.rate_limited = True                    # every request answered 429 from now on
+        hub.app.state.fail_status = 503                      # every request answered 503 (None: normal)
 
 `python tests/hub_server.py ROOT [PORT [LATENCY_S [BYTES_PER_S]]]` serves ROOT from its own process
 (a network's latency and bandwidth imitated if given); `GET /_stats`, `POST /_stats/reset` for counters.
@@ -219,6 +220,7 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
     """
     app = FastAPI()
     app.state.rate_limited = False
+    app.state.fail_status = None  # an HTTP status (500, 503...) to answer every request with, or None
 
     @app.middleware("http")
     async def count_and_limit(request: Request, call_next):
@@ -228,6 +230,9 @@ def create_app(storage: RepoStorage, stats: Stats, *, page_size: int = PAGE_SIZE
         if app.state.rate_limited:
             stats.record(request.method, path, 429)
             return JSONResponse({"error": "rate limited"}, status_code=429, headers={"Retry-After": "0"})
+        if app.state.fail_status is not None:
+            stats.record(request.method, path, app.state.fail_status)
+            return JSONResponse({"error": "server error"}, status_code=app.state.fail_status)
         response = await call_next(request)
         sent = request.method == "GET" and "/resolve/" in path and response.status_code in (200, 206)
         nbytes = int(response.headers.get("content-length", 0)) if sent else 0

@@ -26,6 +26,7 @@ import hub_caches
 from hub_caches import (
     CatalogError,
     HubOfflineError,
+    HubServerError,
     RateLimitError,
     RemoteFileError,
     RepoNotFoundError,
@@ -221,6 +222,26 @@ def test_rate_limit_and_no_network_have_their_own_errors(hub, pushed, tmp_path, 
     dead.stop()  # a port nothing listens on
     with pytest.raises(HubOfflineError, match="cannot be reached"):
         hub_caches.open(REPO, revision="v1", endpoint=dead.endpoint, token=False)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_server_error_is_not_reported_as_offline(hub, pushed, status, monkeypatch):
+    import types
+
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=lambda seconds: None))  # no backoff
+    cache = _open(hub, revision=pushed.revision)
+    hub.app.state.fail_status = status
+    try:
+        with pytest.raises(HubServerError, match=rf"HTTP {status} \(a server error.*try again") as error:
+            _open(hub)  # resolving the tag
+        assert error.value.status == status and "connect to the network" not in str(error.value)
+        with pytest.raises(HubServerError, match=rf"HTTP {status}.*features/c/1/0/0/0"):
+            cache[20]  # a chunk not downloaded yet
+    finally:
+        hub.app.state.fail_status = None
+    assert isinstance(error.value, ConnectionError) and not isinstance(error.value, HubOfflineError)
 
 
 def test_push_refuses_an_unfinished_cache(lite0, hub, tmp_path, monkeypatch):
