@@ -14,6 +14,7 @@ import io
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -302,7 +303,7 @@ def sensitivity_spec(library: CacheLibrary, outcome: Outcome | None, row: int, c
     steps = {"rotate": {"angles": ANGLES}, "scale": {"scales": SCALES}}
     if kind not in steps:
         raise SearchError(f"kind={kind!r} is not known: use 'rotate' or 'scale'")
-    result = transform_sensitivity(pixels, extractor, row, col, **steps[kind])
+    result = transform_sensitivity(pixels, partial(extractor, preprocessed=True), row, col, **steps[kind])
     rows = [{"step": float(s), "cosine": None if np.isnan(v) else float(v)}
             for s, v in zip(result.steps, result.similarities)]
     title = "rotation (degrees, counter-clockwise)" if kind == "rotate" else "scale (zoom factor)"

@@ -84,7 +84,7 @@ def test_eval_mode_and_pil_uint8_tensor_inputs_agree():
     from_arrays = extractor(arrays)
     assert not net.training
     torch.testing.assert_close(extractor([Image.fromarray(a) for a in arrays]), from_arrays)
-    torch.testing.assert_close(extractor(preprocess(arrays)), from_arrays)  # preprocessed tensors pass through
+    torch.testing.assert_close(extractor(preprocess(arrays), preprocessed=True), from_arrays)  # model input as is
     torch.testing.assert_close(FeatureExtractor(net, "2", preprocess=preprocess, batch_size=2)(arrays), from_arrays)
     assert from_arrays.shape == (3, 4, 15, 15)
 

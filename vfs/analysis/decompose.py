@@ -26,7 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vfs.errors import SearchError
+from vfs.errors import NonFiniteError, SearchError
+from vfs.retrieval.window import check_count, check_indices
 
 POOLINGS = ("avg", "max")
 _EPS = 1e-12  # a pooled vector shorter than this counts as zero
@@ -137,11 +138,15 @@ def rerank_region(
             f"source has shape {tuple(source.shape)} but the query has {q.shape[0]} channels: "
             "use a source of (N, C, H, W) features from the query's layer"
         )
-    if k < 1:
-        raise SearchError(f"k={k}: ask for at least one result")
+    check_count(k, "k", "ask for k=1 or more matches")  # the checks `search` makes, shared
+    check_count(block, "block", "leave it at the default")
+    n = source.shape[0]
+    excluded = check_indices(exclude if exclude is not None else [], int(n), "exclude")
+    if not bool(torch.isfinite(q).all()):
+        raise NonFiniteError("the query's features hold NaN or inf: the model produced non-finite values for "
+                             "this image; check the image and the model, or use another layer")
     beta_q = pool(q, pooling=pooling)  # (C,)
     region = torch.einsum("chw,hw->c", surrogate(q, pooling=pooling), w)  # (C,)
-    n = source.shape[0]
     region_scores = np.zeros(n)
     similarities = np.zeros(n)
     for start in range(0, n, block):
@@ -153,8 +158,12 @@ def rerank_region(
         region_scores[start : start + len(beta)] = torch.where(zero, 0.0, beta @ region / safe).numpy()
         similarities[start : start + len(beta)] = torch.where(zero, 0.0, beta @ beta_q / safe).numpy()
     keep = np.ones(n, dtype=bool)
-    if exclude is not None:
-        keep[np.asarray(list(np.atleast_1d(exclude)), dtype=np.int64)] = False
+    keep[excluded] = False
+    bad = np.flatnonzero(keep & ~np.isfinite(region_scores))
+    if bad.size:
+        raise NonFiniteError(f"the features of image(s) {bad[:10].tolist()} hold NaN or inf, so they cannot be "
+                             f"ranked: rebuild the source from the images, or leave them out with "
+                             f"exclude={bad[:10].tolist()}")
     candidates = np.flatnonzero(keep)
     order = candidates[np.argsort(-region_scores[candidates], kind="stable")][:k]
     return [RegionMatch(index=int(i), score=float(region_scores[i]), similarity=float(similarities[i])) for i in order]

@@ -65,7 +65,7 @@ class FeatureExtractor:
     ):
         self.module = module
         self.layer = layer
-        self.preprocess = preprocess  # None: only preprocessed (B, 3, H, W) float tensors are accepted
+        self.preprocess = preprocess  # None: only model input (preprocessed float tensors) is accepted
         self.batch_size = batch_size  # images per forward pass
         self._target = get_layer(module, layer)
         if device is not None:  # moves the module there; None keeps it where it is
@@ -73,13 +73,18 @@ class FeatureExtractor:
         parameter = next(module.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device(device or "cpu")
 
-    def __call__(self, images) -> torch.Tensor:
-        """PIL images, uint8 arrays, or preprocessed (B, 3, H, W) float tensors -> (N, C, H, W) float32 on CPU.
+    def __call__(self, images, *, preprocessed: bool = False) -> torch.Tensor:
+        """Images -> (N, C, H, W) float32 features on the CPU.
 
+        With `preprocess=`, every input is an image and goes through it: PIL images, uint8 arrays, and
+        float tensors of pixels in [0, 1] (what `torchvision.transforms.ToTensor()` gives). Model input
+        that is already preprocessed (resized, cropped, normalised (B, 3, H, W)) is passed with
+        `preprocessed=True`, or to an extractor made without `preprocess=`, which accepts nothing else.
         The module is put in eval mode and run under `torch.inference_mode()`.
         """
         self.module.eval()
-        parts = [self._features(self._pixels(chunk)) for chunk in _chunks(images, self.batch_size)]  # (b, C, h, w)
+        parts = [self._features(self._pixels(chunk, preprocessed=preprocessed))
+                 for chunk in _chunks(images, self.batch_size)]  # each (b, C, h, w)
         return parts[0] if len(parts) == 1 else torch.cat(parts)  # (N, C, h, w)
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -87,15 +92,21 @@ class FeatureExtractor:
         grid = to_grid(output, pixels.shape[-2:], module=self.module, layer=self.layer)  # (B, C, h, w)
         return grid.float().cpu().contiguous()
 
-    def _pixels(self, images) -> torch.Tensor:
+    def _pixels(self, images, *, preprocessed: bool) -> torch.Tensor:
         """One batch -> (B, 3, H, W) model input."""
-        if isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim in (3, 4):
-            return images if images.ndim == 4 else images.unsqueeze(0)  # (B, 3, H, W), already preprocessed
-        if self.preprocess is None:
+        is_float = isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim in (3, 4)
+        if is_float and (preprocessed or self.preprocess is None):
+            return images if images.ndim == 4 else images.unsqueeze(0)  # (B, 3, H, W), model input as given
+        if self.preprocess is None or preprocessed:
             raise ModelError(
-                f"got {type(images).__name__} images but no preprocess: pass FeatureExtractor(..., "
-                "preprocess=loaded.preprocess), or give preprocessed (B, 3, H, W) float tensors"
-            )
+                f"got {type(images).__name__} {getattr(images, 'dtype', '')} images as model input: model input is "
+                "a preprocessed (B, 3, H, W) float tensor; to start from images, make the extractor with "
+                "FeatureExtractor(..., preprocess=loaded.preprocess) and leave preprocessed=False")
+        if is_float and (float(images.min()) < 0 or float(images.max()) > 1):
+            raise ModelError(
+                f"got float tensors with values in [{float(images.min()):.3g}, {float(images.max()):.3g}], but this "
+                "extractor preprocesses its input and takes float pixels in [0, 1] (as ToTensor() gives): pass "
+                "preprocessed=True if they are already preprocessed model input, or scale them to [0, 1]")
         return self.preprocess(images)  # (B, 3, crop, crop)
 
 
