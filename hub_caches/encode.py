@@ -5,8 +5,8 @@ array, crc32c on every chunk) so `vfs.open_cache` reads it unchanged. Only the f
 the bytes, are re-encoded: blosc zstd or lz4 (+ byte shuffle, + crc32c), and inner chunks of about
 `CHUNK_BYTES` instead of one image each (zarr's per-chunk cost made a full read of 10,000 one-image
 chunks ~10x slower; one image still reads in the same time). The per-block byte sizes the cache
-layer checks (`block_nbytes`, `progress`) and the crc32c that ties each block file to its place
-(`block_crc32c`, `digests`) are recomputed for them; a build's lock file is not copied.
+layer checks (`block_nbytes`, `progress`) and the hash that ties each block file to its place
+(`block_xxh3`, `digests`) are recomputed for them; a build's lock file is not copied.
 
     folder/
       cache.zarr/...      the Zarr v3 group
@@ -87,8 +87,8 @@ def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd",
     nbytes = dict(group.attrs.get("block_nbytes", {}))
     nbytes["features"] = sizes
     update = {"block_nbytes": nbytes, "vfs_cache": {**group.attrs["vfs_cache"], "codec": codec}}
-    if "block_crc32c" in group.attrs:
-        update["block_crc32c"] = {**group.attrs["block_crc32c"], "features": digests}
+    if "block_xxh3" in group.attrs:
+        update["block_xxh3"] = {**group.attrs["block_xxh3"], "features": digests}
     group.attrs.update(update)
     with warnings.catch_warnings():  # zarr notes that v3 has no spec for it yet; zarr itself reads it
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)

@@ -148,7 +148,7 @@ def _contents(folder: Path) -> list[Path]:
 
 
 def _finish(group: zarr.Group, meta: CacheMeta) -> None:
-    """Mark a cache whose every block is written complete, with the byte size and crc32c of every block file."""
+    """Mark a cache whose every block is written complete, with the byte size and hash of every block file."""
     nbytes = group["progress"][:]  # (blocks, arrays)
     if not nbytes.all():
         raise RuntimeError(f"internal: blocks {np.flatnonzero(~nbytes.all(axis=1)).tolist()} are not written")
@@ -159,7 +159,7 @@ def _finish(group: zarr.Group, meta: CacheMeta) -> None:
     finished = replace(meta, status="complete", finished=_now())
     group.attrs.update({"vfs_cache": finished.to_attrs(),
                         "block_nbytes": {name: nbytes[:, i].tolist() for i, name in enumerate(meta.arrays)},
-                        "block_crc32c": {name: digests[:, i].tolist() for i, name in enumerate(meta.arrays)}})
+                        "block_xxh3": {name: digests[:, i].tolist() for i, name in enumerate(meta.arrays)}})
 
 
 def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zarr.Group, CacheMeta]:

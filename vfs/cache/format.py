@@ -9,7 +9,7 @@
     ids          (N,)         str, path or id of each image; chunk = S images
     domains      (N,)         str, only when the dataset has domains
     boxes        (N,)         str, JSON list of (top, left, bottom, right) per image, only with boxes
-    digests      (B, A)       int64, crc32c of each array's block file, written with its progress row
+    digests      (B, A)       int64, 63-bit xxh3 hash of each array's block file, written with its progress row
                               (-1 = unknown: blocks written before digests existed)
     progress     (B, A)       int64, one chunk per block of S images: the byte size of each array's
                               block, written only after every array's block is written (0 = not done)
@@ -18,9 +18,11 @@
 Every chunk carries a crc32c checksum (Zarr's `crc32c` codec, and the shard index has its own), so
 flipped bits and truncation fail to decode. A missing or emptied file would silently read as the fill
 value, so the byte size of every block is recorded too and checked before the block is used. A block
-file copied over another block of the same array passes both (same sizes, valid chunks): the crc32c
-of each whole block file, recorded per position at build time (attribute "block_crc32c"), ties every
-file to the place it belongs, and is checked the first time a block is read.
+file copied over another block of the same array passes both (same sizes, valid chunks): a hash of
+each whole block file, recorded per position at build time (attribute "block_xxh3"), ties every
+file to the place it belongs, and is checked the first time a block is read. (Not crc32c: a file
+ending in its own crc32c, as every chunk and shard index here does, has a crc32c that depends on
+its length only, so same-size files would all agree.)
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 import zarr
-from crc32c import crc32c
 from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.buffer.core import default_buffer_prototype
@@ -164,8 +166,9 @@ def block_file(store: Store, key: str) -> bytes | None:
 
 
 def digest(data: bytes) -> int:
-    """crc32c of a whole block file: with its position in the "block_crc32c" table, it binds file to place."""
-    return crc32c(data)
+    """63-bit xxh3 hash of a whole block file (never -1, "unknown"): at its position in the "block_xxh3"
+    table, it binds the file to its place."""
+    return xxhash.xxh3_64_intdigest(data) & (2**63 - 1)
 
 
 def stored_size(store: Store, key: str) -> int | None:

@@ -7,7 +7,7 @@
 
 Everything is read through zarr's store API, so any zarr `Store` works (a local folder, or a
 read-through store that fetches chunks from elsewhere). Every block (S images) of every array is
-checked before use: its file must exist with the byte size and the crc32c recorded at build time for
+checked before use: its file must exist with the byte size and the hash recorded at build time for
 that position (so a block file copied over another is caught too), and every chunk must pass its own
 crc32c. Damage raises `CacheCorruptError` naming the array and file, never zeros; so does damaged
 metadata (`zarr.json`). Caches built before block digests existed are checked by size and chunk
@@ -94,7 +94,7 @@ class FeatureCache:
     def __init__(self, group: zarr.Group, meta: CacheMeta, *, where: str):
         self.meta, self.where = meta, where
         nbytes = group.attrs.get("block_nbytes", {})
-        digests = group.attrs.get("block_crc32c", {})
+        digests = group.attrs.get("block_xxh3", {})
         self.positions_bound = all(digests.get(name) is not None and min(digests[name], default=0) >= 0
                                    for name in meta.arrays)  # every block file tied to its place
         self._arrays = {name: BlockReader(_array(group, name, where, meta), nbytes=nbytes.get(name),
@@ -257,9 +257,9 @@ class BlockReader:
         return np.asarray(values, dtype=object) if self.dtype.kind == "T" else values
 
     def _check(self, block: int, key: str) -> bytes | None:
-        """Check block `block`'s file against the build's record: exists, byte size, crc32c at this position.
+        """Check block `block`'s file against the build's record: exists, byte size, hash at this position.
 
-        With a recorded crc32c the whole file is read (and returned, to decode without reading it again);
+        With a recorded hash the whole file is read (and returned, to decode without reading it again);
         otherwise only its size is looked up (None returned).
         """
         expected = self.digests[block] if self.digests and self.digests[block] >= 0 else None
@@ -271,7 +271,7 @@ class BlockReader:
         if recorded is not None and size != recorded:
             raise self._corrupt(key, f"has {size} bytes, the build wrote {recorded} (truncated or altered)")
         if data is not None and digest(data) != expected:
-            raise self._corrupt(key, "is not the file the build wrote at this position (its crc32c differs: "
+            raise self._corrupt(key, "is not the file the build wrote at this position (its hash differs: "
                                      "altered, or another block's file copied over it)")
         with self._lock:
             self._checked.add(block)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vfs.errors import MaskError, NonFiniteError, SearchError
-from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
+from vfs.retrieval.kernels import WindowPlan, is_channels_last, make_plan, score_block
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 
@@ -225,14 +225,18 @@ def check_query_region(query_box: torch.Tensor, weights_box: torch.Tensor) -> No
 def nonfinite_rows(features: torch.Tensor, norms: torch.Tensor | None, scores: torch.Tensor) -> np.ndarray:
     """(n,) bool: images of a scored block whose features hold NaN or inf.
 
-    NaN scores show most of them. The fused kernel widens float16 without keeping inf, so float16
-    blocks are also checked directly (when their squared norms are not given) or through their norms.
+    Scores alone do not show them all: the fused kernel widens float16 inf to a finite number and
+    scores a window of NaN magnitude 0. So the squared norms are checked when the source gives them
+    (a cache: its build refused non-finite features, this is a few bytes per image), else each
+    image's min and max (one more read of the block, without a copy).
     """
     bad = ~torch.isfinite(scores).all(dim=1)  # (n,)
     if norms is not None:
         bad |= ~torch.isfinite(norms.reshape(len(norms), -1)).all(dim=1).to(bad.device)  # (n,)
-    elif features.dtype == torch.float16:
-        bad |= ~torch.isfinite(features.reshape(len(features), -1)).all(dim=1).to(bad.device)  # (n,)
+    else:
+        stored = features.permute(0, 2, 3, 1) if is_channels_last(features) else features  # a view
+        low, high = torch.aminmax(stored.reshape(len(features), -1), dim=1)  # (n,) each; NaN propagates
+        bad |= ~(torch.isfinite(low) & torch.isfinite(high)).to(bad.device)  # (n,)
     return bad.cpu().numpy()
 
 
