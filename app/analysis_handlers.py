@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from app.library import CacheLibrary
 from app.state import Outcome
-from vfs.errors import SearchError
+from vfs.errors import SearchError, VFSError
 
 SIDE = 192  # pixels of each shown image (model view)
 POINTED = (255, 221, 0)  # outline of the pointed cell
@@ -94,7 +94,7 @@ def second_layer_choices(library: CacheLibrary, outcome: Outcome | None) -> tupl
     meta = library.open(outcome.query.cache_key).meta
     try:
         model = library.model(meta.model)
-    except Exception:  # noqa: BLE001 -- an unknown or custom model: the overlays show one layer
+    except (VFSError, OSError, ImportError):  # an unknown or custom model: the overlays show one layer
         return [], None
     choices = [layer for layer in (model.layers or list_layers(model.module)) if layer != meta.layer]
     return choices, (choices[0] if choices else None)

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfs.errors import CacheError
+from vfs.errors import CacheError, VFSError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class CacheLibrary:
             key = folder.relative_to(self.root).as_posix()
             try:
                 title = describe(open_cache(folder))
-            except Exception as error:  # noqa: BLE001 -- an unfinished or damaged cache is skipped, not fatal
+            except (VFSError, OSError) as error:  # an unfinished or damaged cache is skipped; a bug is not
                 log.warning("skipping cache %s: %s", folder, error)
                 continue
             entries[key] = CacheEntry(key=key, title=title, path=folder)
@@ -143,7 +143,7 @@ class CacheLibrary:
                 try:
                     dataset = open_dataset(meta.dataset)
                     dataset = dataset if dataset.fingerprint() == meta.dataset_fingerprint else None
-                except Exception as error:  # noqa: BLE001 -- not on this machine: thumbnails it is
+                except (VFSError, OSError) as error:  # not on this machine: thumbnails it is
                     log.info("dataset %r not available for originals (%s); showing thumbnails", meta.dataset, error)
                     dataset = None
                 self._datasets[key] = dataset
@@ -188,7 +188,7 @@ def hub_entries() -> list[CacheEntry]:
         from hub_caches.catalog import load_catalog
 
         catalog = load_catalog()
-    except Exception as error:  # noqa: BLE001 -- no hub_caches, or a broken catalog: local caches only
+    except (ImportError, VFSError, OSError) as error:  # no hub_caches, or a broken catalog: local caches only
         log.info("Hub catalog not available: %s", error)
         return []
     entries = []
