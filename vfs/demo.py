@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vfs.errors import VFSError
+from vfs.errors import VFSError, positive_int
 
 
 def search_command(argv: list[str]) -> int:
@@ -31,7 +31,7 @@ def search_command(argv: list[str]) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name for vfs.load_model (default {DEFAULT_MODEL})")
     parser.add_argument("--weights", default=None, help="weights file for the model (default: its usual local file)")
     parser.add_argument("--layer", default=None, help="layer name (default: the model's first suggested layer)")
-    parser.add_argument("--k", type=int, default=5, help="how many matches to print (default 5)")
+    parser.add_argument("--k", type=positive_int, default=5, help="how many matches to print (default 5)")
     parser.add_argument("--include-query", action="store_true", help="let the query photo itself be matched")
     parser.add_argument("--list", action="store_true", help="list the photo names and exit")
     args = parser.parse_args(argv)

@@ -5,6 +5,8 @@ Messages say what was wrong, what is valid, and what to do next.
 
 from __future__ import annotations
 
+import argparse
+
 
 class VFSError(Exception):
     """Base class of every error raised on purpose by `vfs`."""
@@ -59,3 +61,14 @@ class OptionError(VFSError, ValueError):
 
 class CacheBusyError(CacheError, BlockingIOError):
     """Another process is building the same cache folder right now."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse prints the message and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer: pass 1 or more")
+    return value

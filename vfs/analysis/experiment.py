@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vfs.analysis import metrics
-from vfs.errors import VFSError
+from vfs.errors import VFSError, positive_int
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 HISTOGRAM_BINS = np.linspace(-1.0, 1.0, 101)
@@ -172,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("cache", help="path of a finished feature cache")
         if name == "shared":
             sub.add_argument("other", help="a second cache of the same dataset (other layer or model)")
-        sub.add_argument("--k", type=int, default=3 if name == "domains" else 5, help="neighbours per query")
+        sub.add_argument("--k", type=positive_int, default=3 if name == "domains" else 5, help="neighbours per query")
         sub.add_argument("--queries", type=int, default=500, help="number of query images (0 = all)")
         sub.add_argument("--seed", type=int, default=0, help="seed of the query sample")
         sub.add_argument("--boxes", action="store_true", help="query each image's first ground-truth box")

@@ -58,7 +58,7 @@ from vfs.cache.format import (
 )
 from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
-from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError
+from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError, positive_int
 
 FLOAT16_MAX = 65504.0  # the largest finite float16
 
@@ -308,17 +308,6 @@ def _write_block(group: zarr.Group, meta: CacheMeta, block: int, items: list[Ima
     files = [block_file(group.store, block_key(group[name], block)) or b"" for name in meta.arrays]  # read back
     group["digests"][block] = np.array([digest(data) for data in files], dtype=np.int64)
     group["progress"][block] = np.array([len(data) for data in files], dtype=np.int64)  # last: the block is done
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (argparse prints the message and exits 2 otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer: pass 1 or more")
-    return value
 
 
 def _thumbnail(image: Image.Image, side: int) -> np.ndarray:

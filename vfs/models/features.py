@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vfs.errors import LayerError, ModelError
+from vfs.errors import LayerError, ModelError, positive_int
 from vfs.models.preprocess import Preprocess
 
 
@@ -271,7 +271,7 @@ def layers_command(argv: list[str]) -> int:
         "not change shapes, so random weights are used). '*' marks the suggested layers.",
     )
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
-    parser.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: the model's crop)")
+    parser.add_argument("--input-size", type=positive_int, default=None, help="square input side in pixels (default: the model's crop)")
     args = parser.parse_args(argv)
     try:
         loaded = load_model(args.model, weights="random")
