@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from vfs.errors import (
+    CacheBusyError,
     CacheCorruptError,
     CacheError,
     CacheIncompleteError,
@@ -25,6 +26,8 @@ from vfs.errors import (
     LayerError,
     MaskError,
     ModelError,
+    NonFiniteError,
+    OptionError,
     SearchError,
     VFSError,
 )
@@ -55,6 +58,7 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(
     [*_LAZY]
     + [
+        "CacheBusyError",
         "CacheCorruptError",
         "CacheError",
         "CacheIncompleteError",
@@ -63,6 +67,8 @@ __all__ = sorted(
         "LayerError",
         "MaskError",
         "ModelError",
+        "NonFiniteError",
+        "OptionError",
         "SearchError",
         "VFSError",
     ]
