@@ -11,10 +11,14 @@ run. Best of 3 after a warm-up; prints seconds and the ratio.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vfs
 from vfs.retrieval import window

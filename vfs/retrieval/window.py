@@ -228,15 +228,21 @@ def nonfinite_rows(features: torch.Tensor, norms: torch.Tensor | None, scores: t
     Scores alone do not show them all: the fused kernel widens float16 inf to a finite number and
     scores a window of NaN magnitude 0. So the squared norms are checked when the source gives them
     (a cache: its build refused non-finite features, this is a few bytes per image), else each
-    image's min and max (one more read of the block, without a copy).
+    image's sum (one more read of the block, without a copy): NaN or inf anywhere makes it
+    non-finite; a sum that merely overflows is cleared by the image's exact min and max.
     """
     bad = ~torch.isfinite(scores).all(dim=1)  # (n,)
     if norms is not None:
         bad |= ~torch.isfinite(norms.reshape(len(norms), -1)).all(dim=1).to(bad.device)  # (n,)
-    else:
-        stored = features.permute(0, 2, 3, 1) if is_channels_last(features) else features  # a view
-        low, high = torch.aminmax(stored.reshape(len(features), -1), dim=1)  # (n,) each; NaN propagates
-        bad |= ~(torch.isfinite(low) & torch.isfinite(high)).to(bad.device)  # (n,)
+        return bad.cpu().numpy()
+    stored = features.permute(0, 2, 3, 1) if is_channels_last(features) else features  # a view
+    flat = stored.reshape(len(features), -1)  # (n, C*H*W)
+    suspect = ~torch.isfinite(flat.sum(dim=1))  # (n,)
+    if bool(suspect.any()):
+        low, high = torch.aminmax(flat[suspect], dim=1)  # (m,) each; NaN propagates
+        confirmed = torch.zeros_like(suspect)
+        confirmed[suspect] = ~(torch.isfinite(low) & torch.isfinite(high))
+        bad |= confirmed.to(bad.device)
     return bad.cpu().numpy()
 
 
