@@ -47,3 +47,7 @@ class CacheCorruptError(CacheError, OSError):
 
 class CacheMismatchError(CacheError, ValueError):
     """A cache opened with a model, layer or schema that does not match the one it was built with."""
+
+
+class DeviceError(VFSError, ValueError):
+    """A device (e.g. "cuda") that is not valid or not present on this machine."""

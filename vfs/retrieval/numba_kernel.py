@@ -50,17 +50,17 @@ if AVAILABLE:
                 source = image.reshape(-1)
                 for i in range(flat.size):
                     bits[i] = _widen(source[i])
-            else:
-                for c in range(channels):
-                    for p in range(positions):
+            else:  # position-major: the writes run along C, the reads stay in the cached image
+                for p in range(positions):
+                    for c in range(channels):
                         bits[p * channels + c] = _widen(image[c, p])
             for i in range(flat.size):
                 flat[i] *= _HALF_SCALE
         elif channels_last:
             scratch[:, :] = image
         else:
-            for c in range(channels):
-                for p in range(positions):
+            for p in range(positions):
+                for c in range(channels):
                     scratch[p, c] = image[c, p]
 
     @numba.njit(fastmath=_FASTMATH, cache=True)

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from vfs.errors import MaskError, SearchError
+from vfs.models.devices import resolve_device
 from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
+from vfs.retrieval.prepared import PreparedSource
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 
@@ -66,7 +68,7 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     if not is_positive_int(per_image):
         raise SearchError(f"per_image must be a positive integer, got {per_image!r}: "
                           "use 1 for the best window per image")
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+    plan, indices, device = plan_search(query, weights, source, subset=subset, device=device)
     excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
     best = Candidates(k)
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
@@ -88,7 +90,7 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
 def best_windows(query, weights, source, *, subset=None, block: int | None = None,
                  device=None) -> BestWindows:
     """The best window (score, row, col) of every image of `source`, or of `subset` (ascending)."""
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+    plan, indices, device = plan_search(query, weights, source, subset=subset, device=device)
     parts_indices, parts_scores, parts_offsets = [], [], []
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
         top, offsets = scores.max(dim=1)  # (n,) each, first maximum = lowest offset
@@ -126,7 +128,7 @@ class Candidates:
         return zip(self.indices.tolist(), self.scores.tolist(), self.offsets.tolist())
 
 
-def prepare(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.ndarray, torch.device]:
+def plan_search(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.ndarray, torch.device]:
     """Validate the inputs; return the plan, the sorted image indices to scan, and the device."""
     query = as_float_tensor(query, "query")
     if query.ndim != 3:
@@ -161,9 +163,10 @@ def prepare(query, weights, source, *, subset, device) -> tuple[WindowPlan, np.n
         raise SearchError(f"source.sq_norms has shape {tuple(sq_norms.shape)}, expected "
                           f"{(count, height, width)}: rebuild the cache's squared norms")
     indices = check_indices(subset, count, "subset") if subset is not None else np.arange(count)
-    if device is None:
-        device = query.device
-    device = torch.device(device)
+    if device is None:  # where the features live (a source held on a GPU), else where the query is
+        held = getattr(source, "device", None)
+        device = held if isinstance(held, torch.device) and held.type != "cpu" else query.device
+    device = resolve_device(device)
     query_box = query[:, top:bottom, left:right].to(device)  # (C, h, w)
     plan = make_plan(query_box, weights[top:bottom, left:right].to(device), (height, width), device=device)
     return plan, indices, device
@@ -226,7 +229,7 @@ def read(source, indices: np.ndarray) -> torch.Tensor:
     if len(indices) == 0:
         raise SearchError("internal: nothing to read")
     first, last = int(indices[0]), int(indices[-1]) + 1
-    if isinstance(source, torch.Tensor):
+    if isinstance(source, (torch.Tensor, PreparedSource)):
         return source[first:last] if last - first == len(indices) else source[torch.from_numpy(indices)]
     if isinstance(source, np.ndarray) and last - first != len(indices):
         return torch.from_numpy(np.ascontiguousarray(source[indices]))
