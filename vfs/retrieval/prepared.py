@@ -104,21 +104,24 @@ def prepare(source: Any, *, in_place: bool = False, block: int | None = None) ->
     copy = stored is None  # then allocated from the first block, in its dtype
     sq_norms = _given_norms(source, (count, height, width))
     fill_norms = sq_norms is None
-    if fill_norms:
-        sq_norms = torch.empty(count, height, width)  # (N, H, W)
     for start in range(0, count, block):
         stop = min(count, start + block)
         if copy:
-            part = _as_tensor(source[start:stop])  # (n, C, H, W)
+            part = _as_tensor(source[start:stop])  # (n, C, H, W), on the source's device
             if stored is None:
-                stored = torch.empty(count, height, width, channels, dtype=_kept_dtype(part.dtype))
+                stored = torch.empty(count, height, width, channels, dtype=_kept_dtype(part.dtype),
+                                     device=part.device)
             stored[start:stop] = part.permute(0, 2, 3, 1)  # (n, H, W, C), converted if needed
+        if fill_norms and sq_norms is None:
+            sq_norms = torch.empty(count, height, width, device=stored.device)  # (N, H, W)
         if fill_norms:
             values = stored[start:stop].float()  # (n, H, W, C)
             sq_norms[start:stop] = (values * values).sum(dim=3)  # (n, H, W)
     if stored is None:  # an empty source
         stored = torch.empty(0, height, width, channels)
-    return PreparedSource(stored, sq_norms)
+    if sq_norms is None:
+        sq_norms = torch.empty(0, height, width)
+    return PreparedSource(stored, sq_norms.to(stored.device))
 
 
 def _rearrange_in_place(source: Any, block: int) -> torch.Tensor:

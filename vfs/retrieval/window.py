@@ -28,6 +28,7 @@ from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
 from vfs.retrieval.prepared import PreparedSource
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
+CUDA_READ_BYTES = 2 << 30  # on a GPU: fewer, larger blocks (each costs kernel launches and a copy back)
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
                           "leave it None for the default")
     _, channels, height, width = (int(x) for x in source.shape)
     if block is None:
-        block = max(1, READ_BYTES // (channels * height * width * 4))
+        read_bytes = CUDA_READ_BYTES if device.type == "cuda" else READ_BYTES
+        block = max(1, read_bytes // (channels * height * width * 4))
     chunk = min(plan.chunk, max(1, len(indices)))  # a small search needs no padding
     block = -(-block // chunk) * chunk  # a whole number of chunks
     sq_norms = getattr(source, "sq_norms", None)
