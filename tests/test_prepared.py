@@ -9,7 +9,7 @@ import zarr
 
 from vfs.errors import SearchError
 from vfs.retrieval.prepared import PreparedSource, prepare
-from vfs.retrieval.window import best_windows
+from vfs.retrieval.window import best_windows, search
 
 
 def random_features(shape, dtype=torch.float32) -> torch.Tensor:
@@ -88,6 +88,19 @@ def test_search_over_a_prepared_source_equals_the_plain_source():
         np.testing.assert_allclose(fast.scores, plain.scores, atol=1e-6)
         np.testing.assert_array_equal(fast.rows, plain.rows)
         np.testing.assert_array_equal(fast.cols, plain.cols)
+
+
+def test_subset_and_exclude_over_a_prepared_source_equal_the_plain_source():
+    features = random_features((40, 8, 6, 6))
+    weights = np.zeros((6, 6), np.float32)
+    weights[0:2, 0] = 1
+    weights[1, 1] = 1
+    prepared = prepare(features)
+    for options in [dict(subset=[39, 3, 17, 18, 0]), dict(exclude=[5, 6]), dict(subset=[2, 30], exclude=[2])]:
+        plain = search(features[5], weights, features, k=4, per_image=2, **options)
+        fast = search(features[5], weights, prepared, k=4, per_image=2, **options)
+        assert [(m.index, m.row, m.col) for m in fast] == [(m.index, m.row, m.col) for m in plain]
+        np.testing.assert_allclose([m.score for m in fast], [m.score for m in plain], atol=1e-6)
 
 
 def test_prepare_errors_say_what_to_do():
