@@ -401,3 +401,14 @@ def test_errors_say_what_to_do():
     with pytest.raises(SearchError, match="sq_norms"):
         search(query, weights, bad_norms)
     assert issubclass(SearchError, ValueError) and issubclass(MaskError, ValueError)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_channel_tiles_and_their_remainder_equal_the_oracle(dtype):
+    rng = np.random.default_rng(15)
+    features = random_features(rng, (9, 21, 4, 5), dtype)  # 21 channels: two tiles of 8 and 5 more
+    for mask in ["cell", "L", "full"]:
+        weights = weights_of(mask, (4, 5), rng)
+        scores = oracle_scores(features[1], weights, features)
+        best = best_windows(features[1], weights, features)  # (N, C, H, W): the kernel transposes each image
+        np.testing.assert_allclose(best.scores, scores.reshape(9, -1).max(axis=1), atol=1e-5)

@@ -50,17 +50,27 @@ if AVAILABLE:
                 source = image.reshape(-1)
                 for i in range(flat.size):
                     bits[i] = _widen(source[i])
-            else:  # position-major: the writes run along C, the reads stay in the cached image
-                for p in range(positions):
-                    for c in range(channels):
+            else:  # in tiles of 8 channels: their 8 rows stay in L1 while each position's 8 are written
+                whole = channels - channels % 8
+                for c0 in range(0, whole, 8):
+                    for p in range(positions):
+                        for c in range(c0, c0 + 8):
+                            bits[p * channels + c] = _widen(image[c, p])
+                for c in range(whole, channels):
+                    for p in range(positions):
                         bits[p * channels + c] = _widen(image[c, p])
             for i in range(flat.size):
                 flat[i] *= _HALF_SCALE
         elif channels_last:
             scratch[:, :] = image
-        else:
-            for p in range(positions):
-                for c in range(channels):
+        else:  # (C, H*W) -> (H*W, C) in tiles of 8 channels, as above
+            whole = channels - channels % 8
+            for c0 in range(0, whole, 8):
+                for p in range(positions):
+                    for c in range(c0, c0 + 8):
+                        scratch[p, c] = image[c, p]
+            for c in range(whole, channels):
+                for p in range(positions):
                     scratch[p, c] = image[c, p]
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
