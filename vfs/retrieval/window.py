@@ -62,7 +62,10 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     `query` is one image's features (C, H, W) and `weights` (H, W) in [0, 1] the region on its grid.
     `exclude` lists indices never returned (the query image itself, say); `subset` restricts the
     search to these indices. `block` is how many images are read at a time (rounded up to the
-    kernel's chunk); it never changes the results. `device` (e.g. "cuda") is where the math runs.
+    kernel's chunk); it never changes the results. `device` (e.g. "cuda") is where the math runs; None
+    means the source's device when it is held on a GPU (`vfs.prepare(cache).to("cuda")`), else the
+    query's. A plain (N, C, H, W) source is transposed per query: `vfs.prepare` it once to search at
+    cache speed.
     """
     if not is_positive_int(k):
         raise SearchError(f"k must be a positive integer, got {k!r}: ask for k=1 or more matches")
