@@ -1,4 +1,4 @@
-"""`python -m app [--port P] [--host H] [--cache-dir DIR] [--share] [--no-default] [--no-hub]`.
+"""`python -m app [--port P] [--host H] [--cache-dir DIR] [--share] [--no-default] [--no-hub] [--device D]`.
 
 Serves the caches found under the cache folder. On first start the offline default caches
 (Fashion-MNIST test through efficientnet_lite0, and scikit-image photos) are built there in the
@@ -46,7 +46,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("VFS_HUB", "1") == "0",
         help="do not list Hub caches from the catalog (env VFS_HUB=0)",
     )
+    parser.add_argument(
+        "--device",
+        default=os.environ.get("VFS_DEVICE") or ("cuda" if zero_gpu() else "cpu"),
+        help="where searches run: cpu or cuda / cuda:N, caches held in GPU memory (env VFS_DEVICE; "
+        "default cpu, cuda on a ZeroGPU Space)",
+    )
     return parser.parse_args(argv)
+
+
+def zero_gpu() -> bool:
+    from app import gpu  # imports `spaces` (when present) before anything touches CUDA
+
+    return gpu.ZERO_GPU
+
+
+def check_device(device: str) -> str:
+    """The device, checked here; on a ZeroGPU Space CUDA appears only inside the search calls."""
+    from app import gpu  # imports `spaces` (when present) before anything touches CUDA
+    from vfs.models.devices import resolve_device
+
+    if gpu.ZERO_GPU and device.startswith("cuda"):
+        return device
+    return str(resolve_device(device))
 
 
 def warm_up_search() -> None:
@@ -70,12 +92,19 @@ def warm_up_search() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    from vfs.errors import DeviceError
+
+    try:
+        device = check_device(args.device)
+    except DeviceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from app.library import CacheLibrary, DefaultBuild
     from app.ui import launch
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    library = CacheLibrary(args.cache_dir, hub=not args.no_hub)
+    library = CacheLibrary(args.cache_dir, hub=not args.no_hub, device=device)
     library.refresh()
     build = None if args.no_default else DefaultBuild(args.cache_dir).start()
     print(

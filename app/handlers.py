@@ -190,7 +190,7 @@ def run_search(
     library: CacheLibrary, query: Query, options: SearchOptions, *, progress: Progress | None = None
 ) -> Outcome:
     """Score every image's best window for the query, then rank under the options."""
-    from vfs import best_windows
+    from app import gpu
 
     if options.unique not in UNIQUE_CHOICES:
         raise DatasetError(f"unique={options.unique!r} is not an option; valid: {', '.join(UNIQUE_CHOICES)}")
@@ -215,7 +215,7 @@ def run_search(
     if progress:
         progress(0.5, f"searching {cache.shape[0] if subset is None else subset.size} images")
     start = time.perf_counter()
-    best = best_windows(features, weights, cache, subset=subset)
+    best = gpu.best_windows(features, weights, cache, subset=subset, device=library.device)
     seconds = time.perf_counter() - start
     matches = rank(best, cache, options, exclude=query.index if options.exclude_query else None)
     return Outcome(

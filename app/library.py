@@ -60,9 +60,10 @@ def find_local_caches(root: Path) -> list[Path]:
 class CacheLibrary:
     """Caches by key, opened once and held in RAM; models and extractors built once per name."""
 
-    def __init__(self, root: Path | str, *, hub: bool = True):
+    def __init__(self, root: Path | str, *, hub: bool = True, device: str = "cpu"):
         self.root = Path(root)
         self.hub = hub
+        self.device = device  # where searches run: "cpu", or "cuda" (caches held in GPU memory, app.gpu)
         self._entries: dict[str, CacheEntry] = {}
         self._caches: dict[str, object] = {}
         self._models: dict[str, object] = {}

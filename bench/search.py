@@ -1,21 +1,30 @@
-"""Time a masked-window search over N x 512 x 7 x 7 features against the reference package and a plain read.
+"""Time one `vfs.search` per mask shape over every kind of source, against one plain read of the features.
 
-    flock /tmp/vfs-heavy.lock python bench/search.py [--n 50000] [--dtype float16|float32] [--ref-n 5000]
+    flock -x /tmp/vfs-heavy.lock python bench/search.py [--n 50000] [--repeats 3] [--reference]
 
-For each mask shape it prints this project's time per query (median of --repeats), the time of
-`visualfeaturesearch==1.0.0`'s `CachedSearchTool` on the same features (on the first --ref-n images,
-scaled to N when --ref-n < N, and labelled so), their ratio, the ratio to one plain read of the
-features (a torch sum, same dtype), and whether both return the same top matches.
+Sources, all N x 512 x 7 x 7 in the same run (one dtype in memory at a time, at most 5 GB float32):
 
-The features are random post-ReLU-like values, seeded, stored channels-last with per-position
-squared norms, as a `FeatureCache` holds them in RAM (--layout nchw / --no-sq-norms to change that).
+- tensor / numpy, float16 and float32, plain contiguous (N, C, H, W): what an extractor returns;
+- zarr: the float16 array on local disk (chunks of 500 images, uncompressed, warm page cache);
+- prepared: `vfs.prepare(features)` (float16, a copy) and `vfs.prepare(features, in_place=True)`
+  (float32, no copy), with the seconds and peak-RSS growth of preparing;
+- cache in RAM: channels-last numpy arrays plus sq_norms, sliced as `FeatureCache.load()` serves them.
+
+Each cell is the median of --repeats searches (k=10) and, in brackets, its ratio to one plain read of
+the same bytes (a torch sum in the source's dtype). Per mask the table also gives the multiply-adds
+per stored value an exact search must do (cells x window offsets / H x W) and the time those take at
+this machine's float32 GEMM rate (measured in the same run): where that floor nears the read, the
+arithmetic, not memory, bounds the mask. The features are seeded post-ReLU-like random values.
+--reference also times `visualfeaturesearch==1.0.0` on the first --ref-n images (scaled to N).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -29,36 +38,36 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import vfs.retrieval.kernels as kernels  # noqa: E402
+import zarr  # noqa: E402
+
+from vfs.retrieval.prepared import prepare  # noqa: E402
 from vfs.retrieval.window import search  # noqa: E402
 
 MASKS = ("full 7x7", "3x3", "2x2", "one cell", "L-shaped blob")
+CHANNELS, GRID = 512, 7
 
 
-class Features:
-    """A source like a FeatureCache loaded in RAM: (N, C, H, W) slices, optional sq_norms, a length."""
+class CacheInRam:
+    """Channels-last numpy storage (N, H, W, C) and sq_norms (N, H, W), served as `FeatureCache` does."""
 
-    def __init__(self, features: torch.Tensor, *, sq_norms: bool):
-        self.features = features
-        self.shape = tuple(features.shape)
-        if sq_norms:
-            self.sq_norms = torch.cat([(block.float() ** 2).sum(dim=1) for block in features.split(1000)])
+    def __init__(self, stored: np.ndarray, sq_norms: np.ndarray):
+        self.stored, self.sq_norms = stored, sq_norms
+        count, height, width, channels = stored.shape
+        self.shape = (count, channels, height, width)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, index):
-        return self.features[index]
+        return self.stored[index].transpose(0, 3, 1, 2)  # (n, C, H, W) view
 
 
-def make_features(n: int, *, channels: int, grid: int, dtype: torch.dtype,
-                  channels_last: bool) -> torch.Tensor:
-    """Seeded post-ReLU-like features (n, C, H, W), generated in blocks to bound the peak memory."""
+def make_features(n: int, *, dtype: torch.dtype) -> torch.Tensor:
+    """Seeded post-ReLU-like features (n, C, H, W), contiguous, generated in blocks to bound the peak."""
     generator = torch.Generator().manual_seed(0)
-    out = torch.empty(n, channels, grid, grid, dtype=dtype,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    out = torch.empty(n, CHANNELS, GRID, GRID, dtype=dtype)
     for start in range(0, n, 1000):
-        block = torch.randn(min(1000, n - start), channels, grid, grid, generator=generator)  # (b, C, H, W)
+        block = torch.randn(min(1000, n - start), CHANNELS, GRID, GRID, generator=generator)  # (b, C, H, W)
         out[start:start + len(block)] = block.relu_()
     return out
 
@@ -81,20 +90,16 @@ def make_weights(name: str, grid: int) -> np.ndarray:
     return weights
 
 
-def load_reference():
-    """`visualfeaturesearch.searchtool`, loaded from its file (the package's __init__ imports cv2)."""
-    spec = importlib.util.find_spec("visualfeaturesearch")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps visualfeaturesearch==1.0.0 to compare with the reference")
-    path = Path(list(spec.submodule_search_locations)[0]) / "searchtool.py"
-    module_spec = importlib.util.spec_from_file_location("visualfeaturesearch_searchtool", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+def multiply_adds_per_value(weights: np.ndarray) -> float:
+    """cells x window offsets / (H x W): the multiply-adds an exact search does per stored value."""
+    rows, cols = np.nonzero(weights)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    offsets = (weights.shape[0] - height + 1) * (weights.shape[1] - width + 1)
+    return len(rows) * offsets / weights.size
 
 
-def timed(fn, repeats: int, *, warm_up: bool = True):
-    """Median seconds of `repeats` calls (after one untimed call: numba compiles or loads its cache)."""
+def timed(fn, repeats: int, *, warm_up: bool):
+    """Median seconds of `repeats` calls (after one untimed call when `warm_up`: numba loads its cache)."""
     if warm_up:
         fn()
     times, result = [], None
@@ -105,75 +110,135 @@ def timed(fn, repeats: int, *, warm_up: bool = True):
     return statistics.median(times), result
 
 
-def reference_top(tool, weights: np.ndarray, k: int):
-    sims, xs, ys = tool.compute(weights)
-    order = torch.argsort(sims, descending=True, stable=True)[:k]
-    return [(int(i), int(ys[i]), int(xs[i]), float(sims[i])) for i in order]
+def rss_gb() -> tuple[float, float]:
+    """(current, peak since the last reset) resident memory of this process, in GB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1e6, int(fields["VmHWM"].split()[0]) / 1e6
 
 
-def agreement(ours, theirs) -> str:
-    same = sum((m.index, m.row, m.col) == (i, r, c) for m, (i, r, c, _) in zip(ours, theirs))
-    gap = max(abs(m.score - s) for m, (*_, s) in zip(ours, theirs))
-    return f"{same}/{len(theirs)} same (index,row,col), max score diff {gap:.1e}"
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM restarts from the current RSS
+
+
+def gemm_rate() -> float:
+    """Multiply-adds per second of a float32 2048^3 matmul here (the best the arithmetic can do)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    seconds, _ = timed(lambda: a @ b, 3, warm_up=True)
+    return 2048**3 / seconds
+
+
+class Table:
+    """Seconds per query, per mask and source; printed as it fills."""
+
+    def __init__(self, args, query: torch.Tensor, reads: dict[str, float]):
+        self.args, self.query, self.reads = args, query, reads
+        self.rows: dict[str, dict[str, str]] = {name: {} for name in MASKS}
+        self.tops: dict[str, list] = {}
+
+    def run(self, label: str, source, dtype: str) -> None:
+        read = self.reads[dtype]
+        for i, name in enumerate(MASKS):
+            weights = make_weights(name, GRID)
+            seconds, matches = timed(lambda weights=weights: search(self.query, weights, source, k=self.args.k),
+                                     self.args.repeats, warm_up=i == 0)
+            self.rows[name][label] = f"{seconds:.3f} ({seconds / read:.1f}x)"
+            top = [(m.index, m.row, m.col) for m in matches]
+            same = self.tops.setdefault(f"{name} {dtype}", top) == top
+            print(f"  {label:<22} {name:<14} {seconds:7.3f} s  {seconds / read:5.2f}x read  "
+                  f"top-{self.args.k} {'same as the first source' if same else 'DIFFERS from the first source'}",
+                  flush=True)
+
+    def print(self, rate: float) -> None:
+        labels = list(self.rows[MASKS[0]])
+        print(f"\nseconds per query (ratio to one read: float16 {self.reads['float16']:.3f} s, "
+              f"float32 {self.reads['float32']:.3f} s); multiply-adds at {rate / 1e9:.0f} G/s (float32 GEMM here)")
+        print("| mask | MACs/value | MAC floor (s) | " + " | ".join(labels) + " |")
+        print("|---" * (len(labels) + 3) + "|")
+        for name in MASKS:
+            weights = make_weights(name, GRID)
+            macs = multiply_adds_per_value(weights)
+            floor = macs * self.args.n * CHANNELS * GRID * GRID / rate
+            print(f"| {name} | {macs:.1f} | {floor:.2f} | " + " | ".join(self.rows[name][lb] for lb in labels) + " |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50_000)
-    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    parser.add_argument("--ref-n", type=int, default=5_000, help="images given to the slow reference")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
-    parser.add_argument("--no-sq-norms", action="store_true", help="make search compute the window norms")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--zarr-dir", type=Path, default=Path("/tmp/vfs-bench-search-zarr"))
+    parser.add_argument("--reference", action="store_true", help="also time visualfeaturesearch==1.0.0")
+    parser.add_argument("--ref-n", type=int, default=5_000, help="images given to the slow reference")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    ref_n = min(args.ref_n, args.n)
+    print(f"{args.n} x {CHANNELS} x {GRID} x {GRID}; torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    rate = gemm_rate()
 
-    start = time.perf_counter()
-    channels_last = args.layout == "channels_last"
-    features = make_features(args.n, channels=512, grid=7, dtype=dtype, channels_last=channels_last)
-    source = Features(features, sq_norms=not args.no_sq_norms)
-    print(f"{args.n} x 512 x 7 x 7 {args.dtype} {args.layout}, sq_norms={not args.no_sq_norms}, "
-          f"{features.numel() * features.element_size() / 1e9:.2f} GB, "
-          f"made in {time.perf_counter() - start:.0f} s; "
-          f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    read_s, _ = timed(lambda: features.sum(), args.repeats)
-    print(f"plain read (torch sum, {args.dtype}): {read_s:.3f} s; "
-          f"numba kernel for small masks: {kernels.USE_NUMBA}")
-
-    reference = load_reference()
-    ref_features = np.ascontiguousarray(features[:ref_n].numpy() if args.layout == "nchw"
-                                        else features[:ref_n].contiguous().numpy())  # (ref_n, C, H, W)
-    tool = reference.CachedSearchTool(lambda x: x, ref_features, "cpu")
+    features = make_features(args.n, dtype=torch.float16)  # (N, C, H, W) contiguous
+    reads = {"float16": timed(lambda: features.sum(), args.repeats, warm_up=True)[0]}
     query = features[17].float()  # (C, H, W)
-    tool.set_input_image(query)
-    scale = args.n / ref_n
-    label = "reference" if ref_n == args.n else f"reference x{scale:.3g} (timed on {ref_n})"
+    table = Table(args, query, reads)
+    print(f"float16: {features.numel() * 2 / 1e9:.2f} GB, one read {reads['float16']:.3f} s", flush=True)
+    table.run("tensor f16 NCHW", features, "float16")
+    table.run("numpy f16 NCHW", features.numpy(), "float16")
 
-    print(f"\ntimes per query: this project median of {args.repeats}, the reference one run")
-    print(f"{'mask':<14} {'this (s)':>9} {'torch path':>10} {label:>32} {'ref/this':>9} {'this/read':>10}  "
-          f"top-{args.k} agreement (on the first {ref_n})")
+    shutil.rmtree(args.zarr_dir, ignore_errors=True)
+    array = zarr.create_array(args.zarr_dir, shape=tuple(features.shape), dtype="float16",
+                              chunks=(500, CHANNELS, GRID, GRID), compressors=None)
+    for start in range(0, args.n, 5000):
+        array[start:start + 5000] = features[start:start + 5000].numpy()
+    table.run("zarr f16 (disk)", zarr.open_array(args.zarr_dir, mode="r"), "float16")
+    shutil.rmtree(args.zarr_dir, ignore_errors=True)
+
+    reset_peak()
+    before, _ = rss_gb()
+    start = time.perf_counter()
+    prepared = prepare(features)
+    seconds = time.perf_counter() - start
+    print(f"vfs.prepare(float16 tensor): {seconds:.1f} s, peak RSS +{rss_gb()[1] - before:.2f} GB "
+          f"(the copy is {prepared.nbytes / 1e9:.2f} GB)", flush=True)
+    table.run("prepared f16 (copy)", prepared, "float16")
+    table.run("cache in RAM f16", CacheInRam(prepared.stored.numpy(), prepared.sq_norms.numpy()), "float16")
+    if args.reference:
+        reference(args, features, query)
+    del features, prepared, array
+    gc.collect()
+
+    features = make_features(args.n, dtype=torch.float32)  # (N, C, H, W) contiguous, same seed
+    reads["float32"] = timed(lambda: features.sum(), args.repeats, warm_up=True)[0]
+    print(f"float32: {features.numel() * 4 / 1e9:.2f} GB, one read {reads['float32']:.3f} s", flush=True)
+    table.run("tensor f32 NCHW", features, "float32")
+    table.run("numpy f32 NCHW", features.numpy(), "float32")
+    reset_peak()
+    before, _ = rss_gb()
+    start = time.perf_counter()
+    prepared = prepare(features, in_place=True)
+    seconds = time.perf_counter() - start
+    print(f"vfs.prepare(float32 tensor, in_place=True): {seconds:.1f} s, peak RSS +{rss_gb()[1] - before:.2f} GB "
+          f"(features {features.numel() * 4 / 1e9:.2f} GB)", flush=True)
+    table.run("prepared f32 (in place)", prepared, "float32")
+    table.print(rate)
+
+
+def reference(args, features: torch.Tensor, query: torch.Tensor) -> None:
+    """`visualfeaturesearch`'s `CachedSearchTool` on the first --ref-n images, times scaled to N."""
+    spec = importlib.util.find_spec("visualfeaturesearch")
+    if spec is None or not spec.submodule_search_locations:
+        print("reference: pip install --no-deps visualfeaturesearch==1.0.0 to compare with it")
+        return
+    path = Path(list(spec.submodule_search_locations)[0]) / "searchtool.py"  # its __init__ imports cv2
+    module_spec = importlib.util.spec_from_file_location("visualfeaturesearch_searchtool", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    ref_n = min(args.ref_n, args.n)
+    tool = module.CachedSearchTool(lambda x: x, np.ascontiguousarray(features[:ref_n].numpy()), "cpu")
+    tool.set_input_image(query)
     for name in MASKS:
-        weights = make_weights(name, 7)
-        ours_s, ours = timed(lambda weights=weights: search(query, weights, source, k=args.k), args.repeats)
-        torch_path = "same"
-        if kernels.USE_NUMBA and (not weights.all() or dtype == torch.float16):  # numba ran: time torch too
-            kernels.USE_NUMBA = False
-            torch_s, torch_ours = timed(lambda weights=weights: search(query, weights, source, k=args.k), args.repeats)
-            kernels.USE_NUMBA = True
-            same = [(m.index, m.row, m.col) for m in ours] == [(m.index, m.row, m.col) for m in torch_ours]
-            torch_path = f"{torch_s:.3f}{'' if same else '!'}"  # ! = the two paths disagree on the top k
-        ref_s, theirs = timed(lambda weights=weights: reference_top(tool, weights, args.k), 1, warm_up=False)  # slow: one run
-        ref_s *= scale
-        ours_sub = search(query, weights, source, k=args.k, subset=np.arange(ref_n))
-        print(f"{name:<14} {ours_s:>9.3f} {torch_path:>10} {ref_s:>32.2f} {ref_s / ours_s:>9.1f} "
-              f"{ours_s / read_s:>10.2f}  "
-              f"{agreement(ours_sub, theirs)}", flush=True)
+        seconds, _ = timed(lambda name=name: tool.compute(make_weights(name, GRID)), 1, warm_up=False)
+        print(f"  reference (x{args.n / ref_n:.3g} from {ref_n})  {name:<14} {seconds * args.n / ref_n:7.2f} s",
+              flush=True)
 
 
 if __name__ == "__main__":

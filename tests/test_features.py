@@ -203,3 +203,28 @@ def test_tokens_of_a_later_stage_get_their_grid_from_the_count():
     torch.testing.assert_close(grid, tokens.reshape(2, 28, 28, 3).permute(0, 3, 1, 2))
     with pytest.raises(LayerError, match="do not hold a patch grid"):
         to_grid(torch.zeros(1, 1000, 3), (224, 224))
+
+
+def test_mixed_precision_is_off_on_the_cpu_and_a_missing_gpu_is_a_device_error():
+    from vfs.errors import DeviceError
+
+    extractor = FeatureExtractor(tiny_net(), "2")
+    assert extractor.device.type == "cpu" and not extractor.mixed_precision
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            FeatureExtractor(tiny_net(), "2", device="cuda")
+    with pytest.raises(DeviceError, match="not a device"):
+        FeatureExtractor(tiny_net(), "2", device="gpu please")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on the CPU CI machine)")
+def test_extraction_on_cuda_in_mixed_precision_matches_the_cpu():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU())
+    pixels = torch.rand(9, 3, 32, 32)  # (B, 3, H, W)
+    cpu = FeatureExtractor(module, "3", batch_size=4)(pixels)  # (B, 32, h, w) float32
+    gpu_extractor = FeatureExtractor(module, "3", device="cuda", batch_size=4)
+    assert gpu_extractor.mixed_precision
+    cuda = gpu_extractor(pixels)  # float16 autocast on the device, float32 on the CPU out
+    assert cuda.device.type == "cpu" and cuda.dtype == torch.float32 and cuda.shape == cpu.shape
+    torch.testing.assert_close(cuda, cpu, rtol=1e-2, atol=1e-2)

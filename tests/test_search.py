@@ -13,6 +13,7 @@ import zarr
 from vfs.errors import MaskError, SearchError
 from vfs.retrieval import numba_kernel
 from vfs.retrieval.kernels import make_plan
+from vfs.retrieval.prepared import prepare
 from vfs.retrieval.window import BestWindows, Match, best_windows, search
 
 
@@ -143,6 +144,10 @@ def make_source(kind: str, features: np.ndarray):
         return ChannelsLastSource(features, norms=True)
     if kind == "cl":
         return ChannelsLastSource(features, norms=False)
+    if kind == "prepared":
+        return prepare(features, block=4)
+    if kind == "prepared_in_place":
+        return prepare(torch.from_numpy(features.copy()), in_place=True, block=4)
     raise ValueError(kind)
 
 
@@ -150,7 +155,8 @@ def make_source(kind: str, features: np.ndarray):
 
 
 @pytest.mark.parametrize("mask", ["full", "cell", "box", "corner", "L", "soft"])
-@pytest.mark.parametrize("source_kind", ["numpy", "torch", "torch_cl", "zarr", "norms", "cl_norms", "cl"])
+@pytest.mark.parametrize("source_kind", ["numpy", "torch", "torch_cl", "zarr", "norms", "cl_norms", "cl",
+                                         "prepared", "prepared_in_place"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_search_equals_oracle(mask, source_kind, dtype):
     rng = np.random.default_rng(zlib.crc32(f"{mask}-{source_kind}-{np.dtype(dtype)}".encode()))
@@ -397,3 +403,14 @@ def test_errors_say_what_to_do():
     with pytest.raises(SearchError, match="sq_norms"):
         search(query, weights, bad_norms)
     assert issubclass(SearchError, ValueError) and issubclass(MaskError, ValueError)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_channel_tiles_and_their_remainder_equal_the_oracle(dtype):
+    rng = np.random.default_rng(15)
+    features = random_features(rng, (9, 21, 4, 5), dtype)  # 21 channels: two tiles of 8 and 5 more
+    for mask in ["cell", "L", "full"]:
+        weights = weights_of(mask, (4, 5), rng)
+        scores = oracle_scores(features[1], weights, features)
+        best = best_windows(features[1], weights, features)  # (N, C, H, W): the kernel transposes each image
+        np.testing.assert_allclose(best.scores, scores.reshape(9, -1).max(axis=1), atol=1e-5)

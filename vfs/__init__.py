@@ -7,6 +7,7 @@ The public surface, imported lazily so that `import vfs` stays cheap (torch load
     features = extractor(images)                                  # (N, C, H, W)
     weights = vfs.mask_to_grid(mask, features.shape[-2:], preprocess=model.preprocess)
     matches = vfs.search(features[0], weights, features, k=10)    # best first
+    source = vfs.prepare(features)                                # laid out once: every query at cache speed
 
 Analysis tools live in submodules: `vfs.analysis.overlays`, `vfs.analysis.decompose`, `vfs.analysis.metrics`.
 """
@@ -23,6 +24,7 @@ from vfs.errors import (
     CacheIncompleteError,
     CacheMismatchError,
     DatasetError,
+    DeviceError,
     LayerError,
     MaskError,
     ModelError,
@@ -47,6 +49,8 @@ _LAZY: dict[str, str] = {
     "BestWindows": "vfs.retrieval.window",
     "search": "vfs.retrieval.window",
     "best_windows": "vfs.retrieval.window",
+    "prepare": "vfs.retrieval.prepared",
+    "PreparedSource": "vfs.retrieval.prepared",
     "ImageItem": "vfs.datasets",
     "open_dataset": "vfs.datasets",
     "FeatureCache": "vfs.cache.reader",
@@ -64,6 +68,7 @@ __all__ = sorted(
         "CacheIncompleteError",
         "CacheMismatchError",
         "DatasetError",
+        "DeviceError",
         "LayerError",
         "MaskError",
         "ModelError",
@@ -97,4 +102,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from vfs.models.features import FeatureExtractor, layer_shapes, list_layers
     from vfs.models.loading import LoadedModel, load_model
     from vfs.models.preprocess import Preprocess
+    from vfs.retrieval.prepared import PreparedSource, prepare
     from vfs.retrieval.window import BestWindows, Match, best_windows, search

@@ -72,3 +72,5 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer: pass 1 or more")
     return value
+class DeviceError(VFSError, ValueError):
+    """A device (e.g. "cuda") that is not valid or not present on this machine."""

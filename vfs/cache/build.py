@@ -68,7 +68,8 @@ Progress = bool | Callable[[float, str], None]
 def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | Path, *,
                 dtype: str = "float16", batch_size: int = 32, input_size: int | None = None,
                 resize: int | None = None, codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
-                thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False) -> Path:
+                thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False,
+                device: str | torch.device | None = None) -> Path:
     """Build the cache of `dataset`'s features at `layer` of `model` into the folder `out`; return `out`.
 
     `model` is a `LoadedModel` or a name for `load_model`; `dataset` an `ImageDataset` or a spec for
@@ -76,6 +77,7 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     to `resize` (default: in the model's own resize/crop ratio; `resize=input_size` keeps whole squares).
     An unfinished cache at `out` built the same way is resumed; a finished one is returned as is; one
     built differently raises `CacheMismatchError` unless `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
+    `device` ("cuda") runs the model there in float16 autocast, fed pinned batches made one block ahead.
     """
     from vfs.models.features import FeatureExtractor
     from vfs.models.loading import load_model
@@ -94,7 +96,8 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     preprocess = loaded.preprocess
     crop = input_size or preprocess.crop
     preprocess = replace(preprocess, size=resize or round(crop * preprocess.size / preprocess.crop), crop=crop)
-    extractor = FeatureExtractor(loaded.module, layer, batch_size=batch_size)
+    extractor = FeatureExtractor(loaded.module, layer, batch_size=batch_size, device=device)
+    pin = extractor.device.type == "cuda"  # pinned batches copy to the GPU while it computes
     with torch.inference_mode():
         probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop))  # (1, C, H, W)
     _, channels, height, width = probe.shape
@@ -115,7 +118,8 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
         todo = [block for block in range(meta.blocks) if not done[block]]
         reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
         try:
-            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo, batch_size=batch_size):
+            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo, batch_size=batch_size,
+                                                              pin=pin):
                 features = _extract(extractor, images, dtype, first=block * meta.shard_size,
                                     reporter=reporter)  # (n, H, W, C)
                 _write_block(group, meta, block, items, features, thumbnails)
@@ -217,7 +221,7 @@ def _create_digests(group: zarr.Group, meta: CacheMeta) -> None:
 
 
 def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list[int], *,
-              batch_size: int) -> Iterator[tuple[int, list[ImageItem], list[torch.Tensor], np.ndarray]]:
+              batch_size: int, pin: bool = False) -> Iterator[tuple[int, list[ImageItem], list[torch.Tensor], np.ndarray]]:
     """Yield (block, items, batches of model input, thumbnails) per block, made one block ahead in a thread."""
     results: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -230,7 +234,8 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
                 for first in range(start, end, batch_size):  # batches never cross a block
                     batch = [data[i] for i in range(first, min(end, first + batch_size))]
                     items += batch
-                    images.append(preprocess([item.image for item in batch]))  # (B, 3, crop, crop)
+                    pixels = preprocess([item.image for item in batch])  # (B, 3, crop, crop)
+                    images.append(pixels.pin_memory() if pin else pixels)
                     if stop.is_set():
                         return
                 thumbnails = np.stack([_thumbnail(item.image, meta.thumbnail) for item in items])  # (n, T, T, 3)
@@ -400,6 +405,8 @@ def index_command(argv: list[str]) -> int:
     parser.add_argument("--no-checksum", dest="checksum", action="store_false",
                         help="no crc32c per chunk (damage is then found only by size and block digests)")
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--device", default="cpu",
+                        help="where the model runs: cpu (default) or cuda / cuda:N (float16 autocast)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from vfs.models.loading import load_model
@@ -408,6 +415,6 @@ def index_command(argv: list[str]) -> int:
     path = build_cache(model, args.layer, args.dataset, args.out, dtype=args.dtype,
                        batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
                        codec=args.codec, shard_size=args.shard_size, thumbnail=args.thumbnail,
-                       checksum=args.checksum)
+                       checksum=args.checksum, device=args.device)
     print(f"cache ready: {path}")
     return 0

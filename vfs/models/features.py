@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vfs.errors import LayerError, ModelError, positive_int
+from vfs.models.devices import mixed_precision, resolve_device
 from vfs.models.preprocess import Preprocess
 
 
@@ -62,6 +63,7 @@ class FeatureExtractor:
         preprocess: Preprocess | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 32,
+        mixed_precision: bool | None = None,
     ):
         self.module = module
         self.layer = layer
@@ -69,9 +71,11 @@ class FeatureExtractor:
         self.batch_size = batch_size  # images per forward pass
         self._target = get_layer(module, layer)
         if device is not None:  # moves the module there; None keeps it where it is
-            module.to(device)
+            module.to(resolve_device(device))
         parameter = next(module.parameters(), None)
-        self.device = parameter.device if parameter is not None else torch.device(device or "cpu")
+        self.device = parameter.device if parameter is not None else resolve_device(device)
+        # float16 autocast on CUDA (features differ from float32 in rounding, as a float16 cache does)
+        self.mixed_precision = self.device.type == "cuda" if mixed_precision is None else mixed_precision
 
     def __call__(self, images, *, preprocessed: bool = False) -> torch.Tensor:
         """Images -> (N, C, H, W) float32 features on the CPU.
@@ -88,7 +92,11 @@ class FeatureExtractor:
         return parts[0] if len(parts) == 1 else torch.cat(parts)  # (N, C, h, w)
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
-        output = run_to_layer(self.module, self._target, pixels.to(self.device), layer=self.layer)
+        if self.device.type == "cuda" and pixels.device.type == "cpu":  # pinned: the copy runs asynchronously
+            pixels = pixels if pixels.is_pinned() else pixels.pin_memory()
+        with mixed_precision(self.device, enabled=self.mixed_precision):
+            output = run_to_layer(self.module, self._target, pixels.to(self.device, non_blocking=True),
+                                  layer=self.layer)
         grid = to_grid(output, pixels.shape[-2:], module=self.module, layer=self.layer)  # (B, C, h, w)
         return grid.float().cpu().contiguous()
 

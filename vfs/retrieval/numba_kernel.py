@@ -40,28 +40,44 @@ if AVAILABLE:
         return ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
+    def _widen_into(image, out):
+        """float16 bits (uint16, contiguous) -> the same numbers in the float32 array `out` of the same size."""
+        source = image.reshape(-1)
+        bits = out.reshape(-1).view(np.uint32)
+        flat = out.reshape(-1)
+        for i in range(flat.size):
+            bits[i] = _widen(source[i])
+        for i in range(flat.size):
+            flat[i] *= _HALF_SCALE
+
+    @numba.njit(fastmath=_FASTMATH, cache=True)
+    def _transpose(image, scratch):
+        """(C, H*W) -> scratch (H*W, C) in tiles of 8 channels: their 8 rows stay in L1 while each
+        position's 8 values are written together (measured here: 2x faster than channel by channel)."""
+        positions, channels = scratch.shape
+        whole = channels - channels % 8
+        for c0 in range(0, whole, 8):
+            for p in range(positions):
+                for c in range(c0, c0 + 8):
+                    scratch[p, c] = image[c, p]
+        for c in range(whole, channels):
+            for p in range(positions):
+                scratch[p, c] = image[c, p]
+
+    @numba.njit(fastmath=_FASTMATH, cache=True)
     def _load(image, half, channels_last, scratch):
         """One stored image, (H*W, C) if channels_last else (C, H*W), into the float32 scratch (H*W, C)."""
-        positions, channels = scratch.shape
-        if half:  # image holds float16 bits as uint16
-            bits = scratch.reshape(-1).view(np.uint32)
-            flat = scratch.reshape(-1)
-            if channels_last:
-                source = image.reshape(-1)
-                for i in range(flat.size):
-                    bits[i] = _widen(source[i])
+        if channels_last:
+            if half:  # image holds float16 bits as uint16
+                _widen_into(image, scratch)
             else:
-                for c in range(channels):
-                    for p in range(positions):
-                        bits[p * channels + c] = _widen(image[c, p])
-            for i in range(flat.size):
-                flat[i] *= _HALF_SCALE
-        elif channels_last:
-            scratch[:, :] = image
+                scratch[:, :] = image
+        elif half:  # widened in storage order first (vectorises), then transposed in cache
+            wide = np.empty((scratch.shape[1], scratch.shape[0]), np.float32)  # (C, H*W)
+            _widen_into(image, wide)
+            _transpose(wide, scratch)
         else:
-            for c in range(channels):
-                for p in range(positions):
-                    scratch[p, c] = image[c, p]
+            _transpose(image, scratch)
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
     def _dots(x, columns, positions, out):

@@ -23,9 +23,12 @@ import numpy as np
 import torch
 
 from vfs.errors import MaskError, NonFiniteError, SearchError
+from vfs.models.devices import resolve_device
 from vfs.retrieval.kernels import WindowPlan, is_channels_last, make_plan, score_block
+from vfs.retrieval.prepared import PreparedSource
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
+CUDA_READ_BYTES = 2 << 30  # on a GPU: fewer, larger blocks (each costs kernel launches and a copy back)
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,16 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     `query` is one image's features (C, H, W) and `weights` (H, W) in [0, 1] the region on its grid.
     `exclude` lists indices never returned (the query image itself, say); `subset` restricts the
     search to these indices. `block` is how many images are read at a time (rounded up to the
-    kernel's chunk); it never changes the results. `device` (e.g. "cuda") is where the math runs.
-    The query's grid must be the source's (features of another input size rank wrongly) unless
-    `any_grid=True`. Non-finite features, in the query region or in a scored window, raise
+    kernel's chunk); it never changes the results. `device` (e.g. "cuda") is where the math runs; None
+    means the source's device when it is held on a GPU (`vfs.prepare(cache).to("cuda")`), else the
+    query's. A plain (N, C, H, W) source is transposed per query: `vfs.prepare` it once to search at
+    cache speed. The query's grid must be the source's (features of another input size rank wrongly)
+    unless `any_grid=True`. Non-finite features, in the query region or in a scored window, raise
     `NonFiniteError` (naming the images) rather than dropping or misranking them.
     """
     check_count(k, "k", "ask for k=1 or more matches")
     check_count(per_image, "per_image", "use 1 for the best window per image")
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device, any_grid=any_grid)
+    plan, indices, device = plan_search(query, weights, source, subset=subset, device=device, any_grid=any_grid)
     excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
     best = Candidates(k)
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, ignore=excluded):
@@ -91,7 +96,7 @@ def best_windows(query, weights, source, *, subset=None, block: int | None = Non
 
     Inputs are checked as `search` checks them (grid, non-finite features): scores are never NaN.
     """
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device, any_grid=any_grid)
+    plan, indices, device = plan_search(query, weights, source, subset=subset, device=device, any_grid=any_grid)
     parts_indices, parts_scores, parts_offsets = [], [], []
     for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
         top, offsets = scores.max(dim=1)  # (n,) each, first maximum = lowest offset
@@ -129,8 +134,8 @@ class Candidates:
         return zip(self.indices.tolist(), self.scores.tolist(), self.offsets.tolist())
 
 
-def prepare(query, weights, source, *, subset, device,
-            any_grid: bool = False) -> tuple[WindowPlan, np.ndarray, torch.device]:
+def plan_search(query, weights, source, *, subset, device,
+                any_grid: bool = False) -> tuple[WindowPlan, np.ndarray, torch.device]:
     """Validate the inputs; return the plan, the sorted image indices to scan, and the device."""
     query = as_float_tensor(query, "query")
     if query.ndim != 3:
@@ -167,9 +172,10 @@ def prepare(query, weights, source, *, subset, device,
         raise SearchError(f"source.sq_norms has shape {tuple(sq_norms.shape)}, expected "
                           f"{(count, height, width)}: rebuild the cache's squared norms")
     indices = check_indices(subset, count, "subset") if subset is not None else np.arange(count)
-    if device is None:
-        device = query.device
-    device = torch.device(device)
+    if device is None:  # where the features live (a source held on a GPU), else where the query is
+        held = getattr(source, "device", None)
+        device = held if isinstance(held, torch.device) and held.type != "cpu" else query.device
+    device = resolve_device(device)
     query_box = query[:, top:bottom, left:right].to(device)  # (C, h, w)
     check_query_region(query_box, weights[top:bottom, left:right].to(device))
     plan = make_plan(query_box, weights[top:bottom, left:right].to(device), (height, width), device=device)
@@ -273,7 +279,8 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, de
                           "leave it None for the default")
     _, channels, height, width = (int(x) for x in source.shape)
     if block is None:
-        block = max(1, READ_BYTES // (channels * height * width * 4))
+        read_bytes = CUDA_READ_BYTES if device.type == "cuda" else READ_BYTES
+        block = max(1, read_bytes // (channels * height * width * 4))
     chunk = min(plan.chunk, max(1, len(indices)))  # a small search needs no padding
     block = -(-block // chunk) * chunk  # a whole number of chunks
     sq_norms = getattr(source, "sq_norms", None)
@@ -298,7 +305,7 @@ def read(source, indices: np.ndarray) -> torch.Tensor:
     if len(indices) == 0:
         raise SearchError("internal: nothing to read")
     first, last = int(indices[0]), int(indices[-1]) + 1
-    if isinstance(source, torch.Tensor):
+    if isinstance(source, (torch.Tensor, PreparedSource)):
         return source[first:last] if last - first == len(indices) else source[torch.from_numpy(indices)]
     if isinstance(source, np.ndarray) and last - first != len(indices):
         return torch.from_numpy(np.ascontiguousarray(source[indices]))
