@@ -47,3 +47,7 @@ class CacheCorruptError(CacheError, OSError):
 
 class CacheMismatchError(CacheError, ValueError):
     """A cache opened with a model, layer or schema that does not match the one it was built with."""
+
+
+class ClusterError(VFSError, ConnectionError):
+    """A Dask cluster that cannot be used (scheduler unreachable, no workers...); the message names it."""

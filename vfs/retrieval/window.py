@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vfs.errors import MaskError, SearchError
-from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
+from vfs.retrieval.kernels import WindowPlan, fused_applies, make_plan, score_block
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 
@@ -66,10 +66,49 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     if not is_positive_int(per_image):
         raise SearchError(f"per_image must be a positive integer, got {per_image!r}: "
                           "use 1 for the best window per image")
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+    plan, indices, device = prepare(query, weights, source, subset=subset,
+                                    device="cpu" if is_self_scoring(source) else device)
     excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
+    if is_self_scoring(source):  # a cluster scores its own shards (vfs.retrieval.cluster.ClusterCache)
+        best = source.cluster_top_windows(plan, indices, excluded=excluded, k=k, per_image=per_image)
+    else:
+        best = top_windows(plan, source, indices, excluded=excluded, k=k, per_image=per_image,
+                           block=block, device=device)
+    columns = plan.offsets[1]
+    return [Match(index=int(i), score=float(s), row=int(o // columns), col=int(o % columns),
+                  height=plan.height, width=plan.width) for i, s, o in best.ranked()]
+
+
+def best_windows(query, weights, source, *, subset=None, block: int | None = None,
+                 device=None) -> BestWindows:
+    """The best window (score, row, col) of every image of `source`, or of `subset` (ascending)."""
+    plan, indices, device = prepare(query, weights, source, subset=subset,
+                                    device="cpu" if is_self_scoring(source) else device)
+    if is_self_scoring(source):
+        indices, scores, offsets = source.cluster_best_windows(plan, indices)
+    else:
+        indices, scores, offsets = each_best(plan, source, indices, block=block, device=device)
+    columns = plan.offsets[1]
+    return BestWindows(indices=indices, scores=scores, rows=offsets // columns, cols=offsets % columns,
+                       height=plan.height, width=plan.width)
+
+
+def is_self_scoring(source) -> bool:
+    """True for a source that scores its own data where it lives (a `ClusterCache`): it gets the plan."""
+    return callable(getattr(source, "cluster_top_windows", None))
+
+
+def top_windows(plan: WindowPlan, source, indices: np.ndarray, *, excluded: np.ndarray, k: int, per_image: int,
+                block: int | None, device: torch.device, chunk: int | None = None,
+                position: int = 0) -> Candidates:
+    """The k best (index, score, offset) over `indices` of `source`, at most `per_image` per image.
+
+    `chunk` and `position` (where `indices[0]` stands in the whole search) are for a part of a larger
+    search (one shard of a cluster): each image is then scored exactly as the whole search scores it.
+    """
     best = Candidates(k)
-    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
+    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, chunk=chunk,
+                                      position=position):
         if excluded.size:  # scored with the rest (whole slices read faster than gathers), never returned
             keep = ~np.isin(chunk_indices, excluded)
             chunk_indices, scores = chunk_indices[keep], scores[torch.from_numpy(keep).to(scores.device)]
@@ -80,27 +119,23 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
             top, offsets = top[:, :per_image], offsets[:, :per_image]  # (n, p) each
         best.add(np.repeat(chunk_indices, top.shape[1]), top.cpu().numpy().ravel(),
                  offsets.cpu().numpy().ravel())
-    columns = plan.offsets[1]
-    return [Match(index=int(i), score=float(s), row=int(o // columns), col=int(o % columns),
-                  height=plan.height, width=plan.width) for i, s, o in best.ranked()]
+    return best
 
 
-def best_windows(query, weights, source, *, subset=None, block: int | None = None,
-                 device=None) -> BestWindows:
-    """The best window (score, row, col) of every image of `source`, or of `subset` (ascending)."""
-    plan, indices, device = prepare(query, weights, source, subset=subset, device=device)
+def each_best(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
+              chunk: int | None = None, position: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices (M,) int64, best scores (M,) float32, best offsets (M,) int64) of every image of `indices`."""
     parts_indices, parts_scores, parts_offsets = [], [], []
-    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
+    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, chunk=chunk,
+                                      position=position):
         top, offsets = scores.max(dim=1)  # (n,) each, first maximum = lowest offset
         parts_indices.append(chunk_indices)
         parts_scores.append(top.cpu().numpy())
         parts_offsets.append(offsets.cpu().numpy())
-    offsets = np.concatenate(parts_offsets).astype(np.int64) if parts_offsets else np.zeros(0, np.int64)
-    columns = plan.offsets[1]
-    return BestWindows(
-        indices=np.concatenate(parts_indices) if parts_indices else np.zeros(0, np.int64),
-        scores=np.concatenate(parts_scores).astype(np.float32) if parts_scores else np.zeros(0, np.float32),
-        rows=offsets // columns, cols=offsets % columns, height=plan.height, width=plan.width)
+    if not parts_indices:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return (np.concatenate(parts_indices).astype(np.int64), np.concatenate(parts_scores).astype(np.float32),
+            np.concatenate(parts_offsets).astype(np.int64))
 
 
 class Candidates:
@@ -198,12 +233,20 @@ def check_indices(values, count: int, name: str) -> np.ndarray:
     return values
 
 
-def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
-         device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def kernel_chunk(plan: WindowPlan, count: int) -> int:
+    """Images per kernel call in a search of `count` images: a small search needs no padding."""
+    return min(plan.chunk, max(1, count))
+
+
+def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
+         chunk: int | None = None, position: int = 0) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (indices (n,), scores (n, offsets)) over `indices`, one read block at a time.
 
-    Kernel calls hold min(`plan.chunk`, len(indices)) images (the last one padded with zeros) and
-    blocks are whole numbers of them, so each image is scored the same way whatever `block` is.
+    Kernel calls hold `chunk` images (default: min(`plan.chunk`, len(indices)); the last call padded
+    with zeros) and blocks are whole numbers of them, so each image is scored the same way whatever
+    `block` is. `position` says where `indices[0]` stands in a larger search split into parts (a
+    cluster's shards): the first call is then padded in front so that every image takes the same
+    place in its kernel call as in the whole search (the torch kernels' bits depend on it).
     """
     if block is not None and not is_positive_int(block):
         raise SearchError(f"block must be a positive number of images, got {block!r}: "
@@ -211,14 +254,33 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None,
     _, channels, height, width = (int(x) for x in source.shape)
     if block is None:
         block = max(1, READ_BYTES // (channels * height * width * 4))
-    chunk = min(plan.chunk, max(1, len(indices)))  # a small search needs no padding
+    chunk = kernel_chunk(plan, len(indices)) if chunk is None else chunk
     block = -(-block // chunk) * chunk  # a whole number of chunks
     sq_norms = getattr(source, "sq_norms", None)
-    for start in range(0, len(indices), block):
+    lead = position % chunk
+    first = min(len(indices), chunk - lead) if lead else 0
+    if first:  # the images that share their kernel call with the previous part's last ones
+        wanted = indices[:first]
+        features = read(source, wanted)  # (n, C, H, W)
+        norms = None if sq_norms is None else read(sq_norms, wanted)  # (n, H, W)
+        if not fused_applies(plan, features.dtype, device=device, data_device=features.device):
+            features, norms = pad_front(features, lead), None if norms is None else pad_front(norms, lead)
+        scores = score_block(features, plan, chunk=chunk, device=device, sq_norms=norms)  # (lead + n, offsets)
+        yield wanted, scores[scores.shape[0] - len(wanted):]
+    for start in range(first, len(indices), block):
         wanted = indices[start:start + block]
         features = read(source, wanted)  # (n, C, H, W)
         norms = None if sq_norms is None else read(sq_norms, wanted)  # (n, H, W)
         yield wanted, score_block(features, plan, chunk=chunk, device=device, sq_norms=norms)  # (n, offsets)
+
+
+def pad_front(values: torch.Tensor, lead: int) -> torch.Tensor:
+    """`lead` rows of zeros, then `values` (n, ...), in the same memory layout: (lead + n, ...)."""
+    order = sorted(range(values.ndim), key=lambda d: -values.stride(d))  # dims from outermost in memory
+    padded = values.new_zeros((lead + values.shape[0], *(values.shape[d] for d in order[1:])))
+    out = padded.permute(0, *[order[1:].index(d) + 1 for d in range(1, values.ndim)])  # the input's layout
+    out[lead:] = values
+    return out
 
 
 def read(source, indices: np.ndarray) -> torch.Tensor:
