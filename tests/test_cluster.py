@@ -7,6 +7,7 @@ a cache built on the cluster == the one built in one process, file for file, byt
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from vfs.datasets import ImageItem
 from vfs.errors import ClusterError
 from vfs.retrieval import numba_kernel
 from vfs.retrieval.cluster import CacheOpener, connect, load_shard, open_cluster_cache
+from vfs.retrieval.command import search_command
 from vfs.retrieval.window import Candidates, best_windows, each_best, prepare, search
 
 distributed = pytest.importorskip("distributed", reason="needs dask's distributed (requirements.txt)")
@@ -39,7 +41,8 @@ def write_cache(out: Path, features: np.ndarray, *, shard: int = SHARD_SIZE) -> 
     """A finished cache of given channels-last features (N, H, W, C) with labels i % 3; no model needed."""
     count, height, width, channels = features.shape
     meta = CacheMeta(schema=SCHEMA, model="synthetic", weights_id="none", layer="none",
-                     preprocess={"size": 8, "crop": 8}, input_size=8, grid=(height, width), channels=channels,
+                     preprocess={"size": 8, "crop": 8, "mean": [0.5] * 3, "std": [0.25] * 3}, input_size=8,
+                     grid=(height, width), channels=channels,
                      dtype=features.dtype.name, count=count, shard_size=shard, batch_size=8, codec="lz4",
                      checksum=True, thumbnail=8, dataset="synthetic", dataset_fingerprint="synthetic",
                      label_names=("a", "b", "c"),
@@ -238,3 +241,32 @@ def test_worker_that_joins_is_used_then_killed_mid_query_still_exact(cluster, ca
         worker.kill()
         worker.wait()
         remote.close()
+
+
+def test_search_command_on_a_cache_here_and_on_the_cluster(cluster, caches, capsys):
+    """`python -m vfs search CACHE --index --box --json`, in this process and with --scheduler: vfs.search's answer."""
+    local_cluster, _ = cluster
+    local = vfs.open_cache(caches["float16"], in_memory=True)
+    weights = vfs.box_to_grid((2, 2, 6, 7), (8, 8), GRID, preprocess=local.meta.make_preprocess())
+    expected = search(np.asarray(local[7], np.float32), weights, local, k=4, exclude=[7, 250], per_image=2)
+    assert len({(m.height, m.width) for m in expected}) == 1 and expected[0].height < GRID[0]  # a real box
+    argv = [str(caches["float16"]), "--index", "7", "--box", "2,2,6,7", "-k", "4", "--exclude", "250",
+            "--per-image", "2", "--json"]
+    for extra in ([], ["--scheduler", local_cluster.scheduler_address]):
+        assert search_command(argv + extra) == 0
+        found = json.loads(capsys.readouterr().out)["matches"]
+        assert [(m["index"], m["row"], m["col"], m["score"]) for m in found] == [
+            (m.index, m.row, m.col, m.score) for m in expected]
+        assert [m["label"] for m in found] == [local.label_names[m.index % 3] for m in expected]
+
+
+def test_search_command_bad_input_is_a_clear_error(caches, capsys):
+    from vfs.__main__ import main
+
+    cache = str(caches["float16"])
+    assert main(["search", cache, "--index", str(COUNT), "-k", "3"]) == 1
+    assert "outside the cache's 300 images" in capsys.readouterr().err
+    assert main(["search", cache, "--index", "1", "--box", "1,2,3"]) == 1
+    assert "top,left,bottom,right" in capsys.readouterr().err
+    assert main(["search", cache, "--index", "1", "--exclude", "a,b"]) == 1
+    assert "comma-separated" in capsys.readouterr().err

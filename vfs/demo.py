@@ -47,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     from vfs.masks import box_to_grid, window_to_box
     from vfs.models.features import FeatureExtractor
     from vfs.models.loading import load_model
+    from vfs.retrieval.command import parse_box
     from vfs.retrieval.window import search
 
     photos = skimage_photos()
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     query_index = names.index(args.query)
     query_image = items[query_index].image
     size = (query_image.height, query_image.width)
-    box = _parse_box(args.box) if args.box else (0.0, 0.0, float(size[0]), float(size[1]))
+    box = parse_box(args.box) if args.box else (0.0, 0.0, float(size[0]), float(size[1]))
 
     loaded = load_model(args.model, weights=args.weights)
     layer = args.layer or next(iter(loaded.layers), None)
@@ -87,19 +88,6 @@ def _run(args: argparse.Namespace) -> int:
         window = f"({match.row},{match.col},{match.height},{match.width})"
         print(f"{rank:>4}  {names[match.index]:<22} {match.score:6.3f}  {window:<21} {_fmt(pixels)}")
     return 0
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    from vfs.errors import MaskError
-
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = tuple(float(part) for part in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise MaskError(f"--box {text!r} is not four numbers: pass top,left,bottom,right in pixels, e.g. 40,120,200,300")
-    return values  # type: ignore[return-value]
 
 
 def _fmt(box) -> str:
