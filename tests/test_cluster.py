@@ -270,3 +270,30 @@ def test_search_command_bad_input_is_a_clear_error(caches, capsys):
     assert "top,left,bottom,right" in capsys.readouterr().err
     assert main(["search", cache, "--index", "1", "--exclude", "a,b"]) == 1
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_app_library_with_a_scheduler_searches_on_the_cluster(cluster, caches, tmp_path):
+    """`python -m app --scheduler`: the app's search (handlers.run_search) gives the one-process outcome."""
+    from app.handlers import run_search
+    from app.library import CacheLibrary
+    from app.state import Query, SearchOptions
+    from vfs.retrieval.cluster import ClusterCache
+
+    local_cluster, _ = cluster
+    (tmp_path / "caches").mkdir()
+    (tmp_path / "caches" / "synthetic").symlink_to(caches["float32"])
+    mask = np.zeros((8, 8), bool)
+    mask[1:6, 2:7] = True
+    query = Query(cache_key="synthetic", image=np.zeros((8, 8, 3), np.uint8), mask=mask, index=7)
+    outcomes = []
+    for scheduler in (None, local_cluster.scheduler_address):
+        library = CacheLibrary(tmp_path / "caches", hub=False, scheduler=scheduler)
+        library.refresh()
+        outcome = run_search(library, query, SearchOptions(k=6, only_label="b"))
+        assert isinstance(library.open("synthetic"), ClusterCache) == (scheduler is not None)
+        outcomes.append(outcome)
+    here, there = outcomes
+    assert here.matches == there.matches and len(here.matches) == 6
+    for field in ("indices", "scores", "rows", "cols"):  # the box plot's per-image best scores too
+        assert np.array_equal(getattr(here.best, field), getattr(there.best, field))
+    library.open("synthetic").close()
