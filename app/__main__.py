@@ -48,7 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scheduler",
-        default=os.environ.get("VFS_SCHEDULER") or None,  # vfs.retrieval.cluster.SCHEDULER_ENV
+        default=os.environ.get("VFS_SCHEDULER") or None,  # vfs.cluster.SCHEDULER_ENV
         help="Dask scheduler address (tcp://HOST:8786): search the caches on its workers (env VFS_SCHEDULER)",
     )
     return parser.parse_args(argv)
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     if args.scheduler:
+        from vfs.cluster import connect
         from vfs.errors import VFSError
-        from vfs.retrieval.cluster import connect
 
         try:
             client = connect(args.scheduler)

@@ -25,10 +25,11 @@ from PIL import Image
 import vfs
 from vfs.cache.build import _finish, _open_or_create, _versions, _write_block
 from vfs.cache.format import SCHEMA, CacheMeta
+from vfs.cluster import connect
 from vfs.datasets import ImageItem
 from vfs.errors import ClusterError
 from vfs.retrieval import numba_kernel
-from vfs.retrieval.cluster import CacheOpener, connect, load_shard, open_cluster_cache
+from vfs.retrieval.cluster import CacheOpener, load_shard, open_cluster_cache
 from vfs.retrieval.command import search_command
 from vfs.retrieval.window import Candidates, best_windows, each_best, prepare, search
 
@@ -297,3 +298,50 @@ def test_app_library_with_a_scheduler_searches_on_the_cluster(cluster, caches, t
     for field in ("indices", "scores", "rows", "cols"):  # the box plot's per-image best scores too
         assert np.array_equal(getattr(here.best, field), getattr(there.best, field))
     library.open("synthetic").close()
+
+
+BUILD = {"layer": "blocks.3", "dataset": "fashion-mnist:test[:48]", "input_size": 64, "shard_size": 16,
+         "batch_size": 8}
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs `apt-get install dataset-fashion-mnist`")
+def test_cluster_build_is_byte_identical_and_resumes(cluster, tmp_path):
+    """Blocks built by the workers (one torch thread each) == a one-process build with one torch thread."""
+    local_cluster, _ = cluster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # convolutions round differently with another thread count
+    try:
+        one = vfs.build_cache("efficientnet_lite0", out=tmp_path / "one", progress=False, **BUILD)
+    finally:
+        torch.set_num_threads(threads)
+    two = vfs.build_cache("efficientnet_lite0", out=tmp_path / "two", progress=False,
+                          scheduler=local_cluster.scheduler_address, **BUILD)
+    assert_same_cache(one, two)
+
+    group = zarr.open_group(two, mode="r+")  # as if the build had stopped before blocks 0 and 2 were done
+    attrs = dict(group.attrs["vfs_cache"], status="building", finished=None)
+    group.attrs.update({"vfs_cache": attrs})
+    progress = group["progress"][:]
+    progress[[0, 2]] = 0
+    group["progress"][:] = progress
+    for shard in (two / "features" / "c").glob("[02]/*"):
+        shard.unlink()
+    done = []
+    vfs.build_cache("efficientnet_lite0", out=two, progress=lambda fraction, message: done.append(fraction),
+                    scheduler=local_cluster.scheduler_address, **BUILD)
+    assert done[0] == pytest.approx(16 / 48) and done[-1] == 1.0  # resumed at block 1 done, two blocks built
+    assert_same_cache(one, two)
+
+
+def assert_same_cache(one: Path, two: Path) -> None:
+    """Every file byte for byte, but the times and library versions in the attributes."""
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for name in files:
+        if name.name != "zarr.json" or name.parent != Path("."):
+            assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    attrs = [dict(zarr.open_group(path, mode="r").attrs) for path in (one, two)]
+    for value in attrs:
+        value["vfs_cache"] = {k: v for k, v in value["vfs_cache"].items() if k not in ("created", "finished")}
+    assert attrs[0] == attrs[1]

@@ -56,7 +56,8 @@ Progress = bool | Callable[[float, str], None]
 def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | Path, *,
                 dtype: str = "float16", batch_size: int = 32, input_size: int | None = None,
                 resize: int | None = None, codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
-                thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False) -> Path:
+                thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False,
+                scheduler: Any = None, device: str = "cpu") -> Path:
     """Build the cache of `dataset`'s features at `layer` of `model` into the folder `out`; return `out`.
 
     `model` is a `LoadedModel` or a name for `load_model`; `dataset` an `ImageDataset` or a spec for
@@ -64,6 +65,9 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     to `resize` (default: in the model's own resize/crop ratio; `resize=input_size` keeps whole squares).
     An unfinished cache at `out` built the same way is resumed; a finished one is returned as is; one
     built differently raises `CacheMismatchError` unless `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
+    `scheduler` (a Dask scheduler address or `distributed.Client`) builds the blocks on that cluster's
+    workers (see `vfs.cache.cluster_build`); `out` and the dataset must then be readable there too.
+    `device` is where the model runs ("cuda" for workers or a machine with a GPU).
     """
     from vfs.models.features import FeatureExtractor
     from vfs.models.loading import load_model
@@ -72,7 +76,7 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
         raise ValueError(f"dtype {dtype!r} is not supported: use float16 (default) or float32")
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size ({shard_size}) and batch_size ({batch_size}) must be at least 1")
-    loaded = load_model(model) if isinstance(model, str) else model
+    loaded = load_model(model, device=device) if isinstance(model, str) else model
     data = open_dataset(dataset) if isinstance(dataset, str) else dataset
     if len(data) == 0:
         raise DatasetError(f"dataset {data.name!r} has no images: nothing to build")
@@ -81,7 +85,7 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     preprocess = replace(preprocess, size=resize or round(crop * preprocess.size / preprocess.crop), crop=crop)
     extractor = FeatureExtractor(loaded.module, layer, batch_size=batch_size)
     with torch.inference_mode():
-        probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop))  # (1, C, H, W)
+        probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop, device=device))  # (1, C, H, W)
     _, channels, height, width = probe.shape
     arrays = tuple(name for name in ARRAYS if (name != "domains" or data.has_domains)
                    and (name != "boxes" or data.has_boxes))
@@ -101,7 +105,15 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
         todo = [block for block in range(meta.blocks) if not done[block]]
         reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
         try:
-            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo, batch_size=batch_size):
+            if scheduler is not None:
+                from vfs.cache.cluster_build import BuildJob, build_on_cluster
+
+                job = BuildJob(model=model if isinstance(model, str) else loaded, layer=layer,
+                               dataset=dataset if isinstance(dataset, str) else data, out=str(out.resolve()),
+                               preprocess=preprocess, batch_size=batch_size, device=device)
+                build_on_cluster(job, todo, scheduler=scheduler, reporter=reporter, meta=meta)
+            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo if scheduler is None else [],
+                                                              batch_size=batch_size):
                 features = _extract(extractor, images, dtype, reporter=reporter)  # (n, H, W, C)
                 _write_block(group, meta, block, items, features, thumbnails)
         finally:
@@ -170,16 +182,10 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
     def load() -> None:
         try:
             for block in blocks:
-                start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
-                items, images = [], []
-                for first in range(start, end, batch_size):  # batches never cross a block
-                    batch = [data[i] for i in range(first, min(end, first + batch_size))]
-                    items += batch
-                    images.append(preprocess([item.image for item in batch]))  # (B, 3, crop, crop)
-                    if stop.is_set():
-                        return
-                thumbnails = np.stack([_thumbnail(item.image, meta.thumbnail) for item in items])  # (n, T, T, 3)
-                results.put((block, items, images, thumbnails))
+                got = block_inputs(data, meta, preprocess, block, batch_size=batch_size, stop=stop)
+                if got is None:
+                    return
+                results.put((block, *got))
         except BaseException as error:  # handed to the consumer, raised there
             results.put(error)
         results.put(None)
@@ -200,13 +206,29 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
                 pass
 
 
+def block_inputs(data: ImageDataset, meta: CacheMeta, preprocess: Any, block: int, *, batch_size: int,
+                 stop: threading.Event | None = None) -> tuple[list[ImageItem], list[torch.Tensor], np.ndarray] | None:
+    """(items, batches of model input, thumbnails) of block `block`; None when `stop` is set midway."""
+    start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
+    items, images = [], []
+    for first in range(start, end, batch_size):  # batches never cross a block
+        batch = [data[i] for i in range(first, min(end, first + batch_size))]
+        items += batch
+        images.append(preprocess([item.image for item in batch]))  # (B, 3, crop, crop)
+        if stop is not None and stop.is_set():
+            return None
+    thumbnails = np.stack([_thumbnail(item.image, meta.thumbnail) for item in items])  # (n, T, T, 3)
+    return items, images, thumbnails
+
+
 @torch.inference_mode()
-def _extract(extractor: Any, images: list[torch.Tensor], dtype: str, *, reporter: _Reporter) -> torch.Tensor:
+def _extract(extractor: Any, images: list[torch.Tensor], dtype: str, *, reporter: _Reporter | None) -> torch.Tensor:
     """Batches of model input -> stored features (n, H, W, C) in the cache dtype."""
     parts = []
     for batch in images:
-        parts.append(extractor(batch).to(getattr(torch, dtype)))  # (B, C, H, W)
-        reporter.advance(len(batch))
+        parts.append(extractor(batch).to(getattr(torch, dtype)).cpu())  # (B, C, H, W)
+        if reporter is not None:
+            reporter.advance(len(batch))
     return torch.cat(parts).permute(0, 2, 3, 1).contiguous()  # (n, H, W, C)
 
 
@@ -318,10 +340,13 @@ def index_command(argv: list[str]) -> int:
     parser.add_argument("--codec", default=CODEC, choices=("none", "lz4", "zstd"))
     parser.add_argument("--shard-size", type=int, default=SHARD, help=f"images per shard (default {SHARD})")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default) or cuda")
+    parser.add_argument("--scheduler", default=os.environ.get("VFS_SCHEDULER") or None,
+                        help="Dask scheduler address: build the shards on its workers (env VFS_SCHEDULER)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     path = build_cache(args.model, args.layer, args.dataset, args.out, dtype=args.dtype,
                        batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
-                       codec=args.codec, shard_size=args.shard_size)
+                       codec=args.codec, shard_size=args.shard_size, scheduler=args.scheduler, device=args.device)
     print(f"cache ready: {path}")
     return 0

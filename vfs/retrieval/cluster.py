@@ -19,12 +19,11 @@ the other workers and reruns the lost scoring task there: the query still return
 later by the time it takes to read those shards again. Before each query the client asks the
 scheduler for its workers (one round trip); when they changed, shards are re-placed evenly (newcomers
 load their share from the cache, then the old copies are dropped) so a worker that joins is used from
-that query on. Dask and distributed are imported only here, and only when a cluster is used.
+that query on. Dask and distributed are imported only when a cluster is used (`vfs.cluster`).
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 import uuid
@@ -37,43 +36,10 @@ import numpy as np
 import torch
 
 from vfs.cache.reader import FeatureCache, open_cache
+from vfs.cluster import CONNECT_TIMEOUT, connect, use_worker_threads, worker_address
 from vfs.errors import CacheError, ClusterError, VFSError
 from vfs.retrieval.kernels import WindowPlan
 from vfs.retrieval.window import Candidates, each_best, kernel_chunk, top_windows
-
-CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler before ClusterError (distributed's own default is 30)
-SCHEDULER_ENV = "VFS_SCHEDULER"  # environment variable the command line and the app read
-
-_CLIENTS: dict[str, Any] = {}  # scheduler address -> Client, one per process
-_CLIENTS_LOCK = threading.Lock()
-
-
-def connect(scheduler: str | Any, *, timeout: float = CONNECT_TIMEOUT) -> Any:
-    """A `distributed.Client` of the scheduler at `scheduler` ("tcp://host:8786"), reused per process.
-
-    A Client passed in is returned as is. An address that cannot be reached within `timeout` seconds
-    is a `ClusterError` naming it.
-    """
-    if not isinstance(scheduler, str):
-        return scheduler
-    address = scheduler.strip()
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(address)
-        if client is not None and client.status == "running":
-            return client
-        try:
-            from distributed import Client
-        except ImportError as error:
-            raise ClusterError("searching on a cluster needs dask's `distributed`: pip install "
-                               "'dask[distributed]'") from error
-        try:
-            client = Client(address, timeout=timeout, set_as_default=False)
-        except (OSError, TimeoutError, ValueError, TypeError) as error:
-            raise ClusterError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
-                               f"({type(error).__name__}: {error}); check the address (tcp://HOST:8786) "
-                               "and that `dask scheduler` runs there, or search without --scheduler") from error
-        _CLIENTS[address] = client
-        return client
 
 
 @dataclass(frozen=True)
@@ -275,7 +241,7 @@ def load_shard(opener: Callable[[], FeatureCache], block: int) -> Shard:
         stored = np.ascontiguousarray(cache[start:stop].transpose(0, 2, 3, 1))  # (n, H, W, C), no copy
         sq_norms = np.ascontiguousarray(cache.sq_norms[start:stop], dtype=np.float32)  # (n, H, W)
     except (VFSError, OSError) as error:
-        raise CacheError(f"worker {_worker_address()} cannot read shard {block} of the cache ({error}); every "
+        raise CacheError(f"worker {worker_address()} cannot read shard {block} of the cache ({error}); every "
                          "worker must reach the cache at the same path or URL (a shared filesystem, s3://...)"
                          ) from error
     return Shard(start=start, stored=stored, sq_norms=sq_norms)
@@ -288,7 +254,7 @@ def score_shards(plan: WindowPlan, jobs: list[tuple[np.ndarray, int, np.ndarray 
     Each job is (indices within the shard, position of the first in the whole search, excluded within
     the shard or None for every image's best window).
     """
-    _use_worker_threads()
+    use_worker_threads()
     device = torch.device("cpu")
     parts = []
     for (indices, position, excluded), shard in zip(jobs, shards):
@@ -301,39 +267,6 @@ def score_shards(plan: WindowPlan, jobs: list[tuple[np.ndarray, int, np.ndarray 
             local, scores, offsets = best.indices, best.scores, best.offsets
         parts.append((shard.start, local + shard.start, scores, offsets))
     return parts
-
-
-def _use_worker_threads() -> None:
-    """Let the kernels use the worker's threads (dask starts workers with one thread per math library)."""
-    threads = _worker_threads()
-    if threads is None:
-        return
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
-
-
-def _worker_threads() -> int | None:
-    try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError, AttributeError):
-        return None
-
-
-def _worker_address() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return f"pid {os.getpid()}"
 
 
 def open_cluster_cache(cache: str | Path | Callable[[], FeatureCache], *,

@@ -39,7 +39,7 @@ def search_command(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vfs.retrieval.cluster import SCHEDULER_ENV
+    from vfs.cluster import SCHEDULER_ENV
 
     parser = argparse.ArgumentParser(prog="python -m vfs search", description=__doc__.splitlines()[0])
     parser.add_argument("cache", help="cache folder or fsspec URL (built by `python -m vfs index`)")
