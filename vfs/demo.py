@@ -1,5 +1,7 @@
 """`python -m vfs search`: search scikit-image's bundled photos from the command line (no cache needed).
 
+With a cache as first argument the command searches that cache instead (`vfs.retrieval.command`).
+
     python -m vfs search --query chelsea --box 40,120,200,300
     python -m vfs search --query coffee --layer blocks.5 --k 3
 
@@ -18,7 +20,12 @@ from vfs.errors import VFSError
 
 
 def search_command(argv: list[str]) -> int:
-    """Parse `argv`, run the search, print the matches; returns the exit code (2 on bad input)."""
+    """`python -m vfs search`: a cache when the first argument names one (`vfs.retrieval.command`), else
+    the bundled photos: parse `argv`, run the search, print the matches; returns the exit code (2 on bad input)."""
+    if argv and not argv[0].startswith("-"):
+        from vfs.retrieval.command import search_command as cache_command
+
+        return cache_command(argv)
     from vfs.models.loading import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(

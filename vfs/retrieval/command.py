@@ -1,9 +1,9 @@
-"""`python -m vfs search`: search a feature cache from the command line (or the bundled photos).
+"""`python -m vfs search CACHE ...`: search a feature cache from the command line.
 
     python -m vfs search caches/fmnist --index 12 --box 4,4,20,20 -k 5
     python -m vfs search caches/fmnist --image shoe.png --mask shoe-mask.png --json
     python -m vfs search caches/imagenet --index 3 --scheduler tcp://10.0.0.5:8786
-    python -m vfs search --query chelsea --box 40,120,200,300      # no cache: the bundled photos
+    python -m vfs search --query chelsea --box 40,120,200,300      # no cache: the bundled photos (vfs.demo)
 
 The query is an image of the cache (`--index`: its stored features, no model needed) or an image
 file (`--image`: its features are extracted with the cache's model, layer and preprocessing). The
@@ -30,11 +30,7 @@ from vfs.errors import MaskError, SearchError
 
 
 def search_command(argv: list[str]) -> int:
-    """Search a cache (first argument a path or URL) or, without one, the bundled photos (`vfs.demo`)."""
-    if not argv or argv[0].startswith("-"):
-        from vfs.demo import search_command as photos_command
-
-        return photos_command(argv)
+    """Search the cache named by the first argument (a folder or URL); see the module docstring."""
     return _search_cache(_parser().parse_args(argv))
 
 
