@@ -1,4 +1,4 @@
-"""`python -m app [--port P] [--host H] [--cache-dir DIR] [--share] [--no-default] [--no-hub] [--device D]`.
+"""`python -m app [--port P] [--host H] [--cache-dir DIR] [--share] [--no-default] [--no-hub] [--device D] [--scheduler ADDR]`.
 
 Serves the caches found under the cache folder. On first start the offline default caches
 (Fashion-MNIST test through efficientnet_lite0, and scikit-image photos) are built there in the
@@ -52,6 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="where searches run: cpu or cuda / cuda:N, caches held in GPU memory (env VFS_DEVICE; "
         "default cpu, cuda on a ZeroGPU Space)",
     )
+    parser.add_argument(
+        "--scheduler",
+        default=os.environ.get("VFS_SCHEDULER") or None,  # vfs.cluster.SCHEDULER_ENV
+        help="Dask scheduler address (tcp://HOST:8786): search the caches on its workers (env VFS_SCHEDULER)",
+    )
     return parser.parse_args(argv)
 
 
@@ -104,7 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import launch
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    library = CacheLibrary(args.cache_dir, hub=not args.no_hub, device=device)
+    if args.scheduler:
+        from vfs.cluster import connect
+        from vfs.errors import VFSError
+
+        try:
+            client = connect(args.scheduler)
+        except VFSError as error:  # an unreachable scheduler: its address and what to do, no traceback
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"searching on the Dask cluster at {args.scheduler} ({len(client.ncores())} workers; dashboard "
+              f"{client.dashboard_link})", file=sys.stderr)
+    library = CacheLibrary(args.cache_dir, hub=not args.no_hub, device=device, scheduler=args.scheduler)
     library.refresh()
     build = None if args.no_default else DefaultBuild(args.cache_dir).start()
     print(

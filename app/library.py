@@ -60,10 +60,11 @@ def find_local_caches(root: Path) -> list[Path]:
 class CacheLibrary:
     """Caches by key, opened once and held in RAM; models and extractors built once per name."""
 
-    def __init__(self, root: Path | str, *, hub: bool = True, device: str = "cpu"):
+    def __init__(self, root: Path | str, *, hub: bool = True, device: str = "cpu", scheduler: str | None = None):
         self.root = Path(root)
         self.hub = hub
         self.device = device  # where searches run: "cpu", or "cuda" (caches held in GPU memory, app.gpu)
+        self.scheduler = scheduler  # a Dask scheduler address: caches are searched on its workers
         self._entries: dict[str, CacheEntry] = {}
         self._caches: dict[str, object] = {}
         self._models: dict[str, object] = {}
@@ -113,7 +114,17 @@ class CacheLibrary:
             if key in self._caches:
                 return self._caches[key]
             entry = self.entry(key)
-            if entry.repo is not None:
+            if self.scheduler:  # the workers load the shards; this process streams labels and thumbnails
+                from vfs import open_cluster_cache
+
+                if entry.repo is not None:
+                    import hub_caches
+
+                    where = functools.partial(hub_caches.open, entry.repo, revision=entry.revision)
+                else:
+                    where = entry.path
+                cache = open_cluster_cache(where, scheduler=self.scheduler)
+            elif entry.repo is not None:
                 import hub_caches
 
                 cache = hub_caches.open(entry.repo, revision=entry.revision)

@@ -23,6 +23,7 @@ from vfs.errors import (
     CacheError,
     CacheIncompleteError,
     CacheMismatchError,
+    ClusterError,
     DatasetError,
     DeviceError,
     LayerError,
@@ -57,6 +58,8 @@ _LAZY: dict[str, str] = {
     "CacheMeta": "vfs.cache.reader",
     "open_cache": "vfs.cache.reader",
     "build_cache": "vfs.cache.build",
+    "ClusterCache": "vfs.retrieval.cluster",
+    "open_cluster_cache": "vfs.retrieval.cluster",
 }
 
 __all__ = sorted(
@@ -67,6 +70,7 @@ __all__ = sorted(
         "CacheError",
         "CacheIncompleteError",
         "CacheMismatchError",
+        "ClusterError",
         "DatasetError",
         "DeviceError",
         "LayerError",
@@ -103,4 +107,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from vfs.models.loading import LoadedModel, load_model
     from vfs.models.preprocess import Preprocess
     from vfs.retrieval.prepared import PreparedSource, prepare
+    from vfs.retrieval.cluster import ClusterCache, open_cluster_cache
     from vfs.retrieval.window import BestWindows, Match, best_windows, search

@@ -1,5 +1,7 @@
 """`python -m vfs search`: search scikit-image's bundled photos from the command line (no cache needed).
 
+With a cache as first argument the command searches that cache instead (`vfs.retrieval.command`).
+
     python -m vfs search --query chelsea --box 40,120,200,300
     python -m vfs search --query coffee --layer blocks.5 --k 3
 
@@ -18,7 +20,12 @@ from vfs.errors import VFSError, positive_int
 
 
 def search_command(argv: list[str]) -> int:
-    """Parse `argv`, run the search, print the matches; returns the exit code (2 on bad input)."""
+    """`python -m vfs search`: a cache when the first argument names one (`vfs.retrieval.command`), else
+    the bundled photos: parse `argv`, run the search, print the matches; returns the exit code (2 on bad input)."""
+    if argv and not argv[0].startswith("-"):
+        from vfs.retrieval.command import search_command as cache_command
+
+        return cache_command(argv)
     from vfs.models.loading import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
@@ -47,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     from vfs.masks import box_to_grid, window_to_box
     from vfs.models.features import FeatureExtractor
     from vfs.models.loading import load_model
+    from vfs.retrieval.command import parse_box
     from vfs.retrieval.window import search
 
     photos = skimage_photos()
@@ -61,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     query_index = names.index(args.query)
     query_image = items[query_index].image
     size = (query_image.height, query_image.width)
-    box = _parse_box(args.box) if args.box else (0.0, 0.0, float(size[0]), float(size[1]))
+    box = parse_box(args.box) if args.box else (0.0, 0.0, float(size[0]), float(size[1]))
 
     loaded = load_model(args.model, weights=args.weights)
     layer = args.layer or next(iter(loaded.layers), None)
@@ -87,19 +95,6 @@ def _run(args: argparse.Namespace) -> int:
         window = f"({match.row},{match.col},{match.height},{match.width})"
         print(f"{rank:>4}  {names[match.index]:<22} {match.score:6.3f}  {window:<21} {_fmt(pixels)}")
     return 0
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    from vfs.errors import MaskError
-
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = tuple(float(part) for part in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise MaskError(f"--box {text!r} is not four numbers: pass top,left,bottom,right in pixels, e.g. 40,120,200,300")
-    return values  # type: ignore[return-value]
 
 
 def _fmt(box) -> str:

@@ -63,6 +63,14 @@ class CacheBusyError(CacheError, BlockingIOError):
     """Another process is building the same cache folder right now."""
 
 
+class DeviceError(VFSError, ValueError):
+    """A device (e.g. "cuda") that is not valid or not present on this machine."""
+
+
+class ClusterError(VFSError, ConnectionError):
+    """A Dask cluster that cannot be used (scheduler unreachable, no workers...); the message names it."""
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (argparse prints the message and exits 2 otherwise)."""
     try:
@@ -72,5 +80,3 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer: pass 1 or more")
     return value
-class DeviceError(VFSError, ValueError):
-    """A device (e.g. "cuda") that is not valid or not present on this machine."""

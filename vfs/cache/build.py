@@ -69,7 +69,7 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
                 dtype: str = "float16", batch_size: int = 32, input_size: int | None = None,
                 resize: int | None = None, codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
                 thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False,
-                device: str | torch.device | None = None) -> Path:
+                scheduler: Any = None, device: str | torch.device | None = None) -> Path:
     """Build the cache of `dataset`'s features at `layer` of `model` into the folder `out`; return `out`.
 
     `model` is a `LoadedModel` or a name for `load_model`; `dataset` an `ImageDataset` or a spec for
@@ -78,6 +78,9 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     An unfinished cache at `out` built the same way is resumed; a finished one is returned as is; one
     built differently raises `CacheMismatchError` unless `overwrite`. `progress` is True for a progress bar, False for none, or `callable(fraction, message)`.
     `device` ("cuda") runs the model there in float16 autocast, fed pinned batches made one block ahead.
+    `scheduler` (a Dask scheduler address or `distributed.Client`) builds the blocks on that cluster's
+    workers (see `vfs.cache.cluster_build`); `out` and the dataset must then be readable there too, and
+    `device` is where the workers run the model.
     """
     from vfs.models.features import FeatureExtractor
     from vfs.models.loading import load_model
@@ -99,7 +102,7 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
     extractor = FeatureExtractor(loaded.module, layer, batch_size=batch_size, device=device)
     pin = extractor.device.type == "cuda"  # pinned batches copy to the GPU while it computes
     with torch.inference_mode():
-        probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop))  # (1, C, H, W)
+        probe = extractor(torch.zeros(1, 3, preprocess.crop, preprocess.crop, device=device))  # (1, C, H, W)
     _, channels, height, width = probe.shape
     arrays = tuple(name for name in ARRAYS if (name != "domains" or data.has_domains)
                    and (name != "boxes" or data.has_boxes))
@@ -118,8 +121,15 @@ def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | 
         todo = [block for block in range(meta.blocks) if not done[block]]
         reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
         try:
-            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo, batch_size=batch_size,
-                                                              pin=pin):
+            if scheduler is not None:
+                from vfs.cache.cluster_build import BuildJob, build_on_cluster
+
+                job = BuildJob(model=model if isinstance(model, str) else loaded, layer=layer,
+                               dataset=dataset if isinstance(dataset, str) else data, out=str(out.resolve()),
+                               preprocess=preprocess, batch_size=batch_size, device=str(device or "cpu"))
+                build_on_cluster(job, todo, scheduler=scheduler, reporter=reporter, meta=meta)
+            for block, items, images, thumbnails in _prefetch(data, meta, preprocess, todo if scheduler is None else [],
+                                                              batch_size=batch_size, pin=pin):
                 features = _extract(extractor, images, dtype, first=block * meta.shard_size,
                                     reporter=reporter)  # (n, H, W, C)
                 _write_block(group, meta, block, items, features, thumbnails)
@@ -229,17 +239,10 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
     def load() -> None:
         try:
             for block in blocks:
-                start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
-                items, images = [], []
-                for first in range(start, end, batch_size):  # batches never cross a block
-                    batch = [data[i] for i in range(first, min(end, first + batch_size))]
-                    items += batch
-                    pixels = preprocess([item.image for item in batch])  # (B, 3, crop, crop)
-                    images.append(pixels.pin_memory() if pin else pixels)
-                    if stop.is_set():
-                        return
-                thumbnails = np.stack([_thumbnail(item.image, meta.thumbnail) for item in items])  # (n, T, T, 3)
-                results.put((block, items, images, thumbnails))
+                got = block_inputs(data, meta, preprocess, block, batch_size=batch_size, stop=stop, pin=pin)
+                if got is None:
+                    return
+                results.put((block, *got))
         except BaseException as error:  # handed to the consumer, raised there
             results.put(error)
         results.put(None)
@@ -260,16 +263,34 @@ def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list
                 pass
 
 
+def block_inputs(data: ImageDataset, meta: CacheMeta, preprocess: Any, block: int, *, batch_size: int,
+                 stop: threading.Event | None = None,
+                 pin: bool = False) -> tuple[list[ImageItem], list[torch.Tensor], np.ndarray] | None:
+    """(items, batches of model input, thumbnails) of block `block`; None when `stop` is set midway."""
+    start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
+    items, images = [], []
+    for first in range(start, end, batch_size):  # batches never cross a block
+        batch = [data[i] for i in range(first, min(end, first + batch_size))]
+        items += batch
+        pixels = preprocess([item.image for item in batch])  # (B, 3, crop, crop)
+        images.append(pixels.pin_memory() if pin else pixels)  # pinned: copied to a GPU without blocking
+        if stop is not None and stop.is_set():
+            return None
+    thumbnails = np.stack([_thumbnail(item.image, meta.thumbnail) for item in items])  # (n, T, T, 3)
+    return items, images, thumbnails
+
+
 @torch.inference_mode()
 def _extract(extractor: Any, images: list[torch.Tensor], dtype: str, *, first: int,
-             reporter: _Reporter) -> torch.Tensor:
+             reporter: _Reporter | None) -> torch.Tensor:
     """Batches of model input (images `first`, `first + 1`...) -> stored features (n, H, W, C) in the cache dtype."""
     parts = []
     for batch in images:
-        features = extractor(batch)  # (B, C, H, W) float32
+        features = extractor(batch).cpu()  # (B, C, H, W) float32
         check_storable(features, dtype, first=first + sum(len(part) for part in parts))
         parts.append(features.to(getattr(torch, dtype)))  # (B, C, H, W)
-        reporter.advance(len(batch))
+        if reporter is not None:
+            reporter.advance(len(batch))
     return torch.cat(parts).permute(0, 2, 3, 1).contiguous()  # (n, H, W, C)
 
 
@@ -407,6 +428,8 @@ def index_command(argv: list[str]) -> int:
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--device", default="cpu",
                         help="where the model runs: cpu (default) or cuda / cuda:N (float16 autocast)")
+    parser.add_argument("--scheduler", default=os.environ.get("VFS_SCHEDULER") or None,
+                        help="Dask scheduler address: build the shards on its workers (env VFS_SCHEDULER)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from vfs.models.loading import load_model
@@ -415,6 +438,6 @@ def index_command(argv: list[str]) -> int:
     path = build_cache(model, args.layer, args.dataset, args.out, dtype=args.dtype,
                        batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
                        codec=args.codec, shard_size=args.shard_size, thumbnail=args.thumbnail,
-                       checksum=args.checksum, device=args.device)
+                       checksum=args.checksum, scheduler=args.scheduler, device=args.device)
     print(f"cache ready: {path}")
     return 0

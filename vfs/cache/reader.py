@@ -46,13 +46,19 @@ RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than thi
 
 def open_cache(path: str | Path | Store, *, model: Any = None, layer: str | None = None,
                in_memory: bool | None = None) -> FeatureCache:
-    """Open a finished cache at a folder (or zarr store); check it matches `model` and `layer` if given.
+    """Open a finished cache at a folder, an fsspec URL or a zarr store; check it matches `model` and `layer` if given.
 
     `model` is a model name or a `LoadedModel` (then its weights must match too). `in_memory`:
     True loads everything now, False streams from the store, None decides by size vs free RAM.
     """
     where = str(path)
     folder = None
+    if isinstance(path, str) and path.startswith("file://"):
+        path = path[len("file://"):]  # a local folder: read through the fast local path
+    if isinstance(path, str) and "://" in path:  # an fsspec URL (s3://, gs://, memory://...)
+        from zarr.storage import FsspecStore
+
+        path = FsspecStore.from_url(path, read_only=True)
     if isinstance(path, (str, Path)):
         folder = Path(path).expanduser()
         if not (folder / "zarr.json").is_file():

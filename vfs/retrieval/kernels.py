@@ -150,12 +150,8 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     so an image's scores never depend on `n`. `sq_norms` (n, H, W) are the squared norms of the
     feature vectors, computed when None. A window (or query) of zero magnitude scores 0.
     """
-    on_cpu = device.type == "cpu" and features.device.type == "cpu"
-    if (USE_NUMBA and on_cpu and features.dtype in FUSED_DTYPES
-            and (plan.strategy == "cells" or features.dtype == torch.float16 or not is_channels_last(features))):
-        # measured here: fused wins on small masks, on float16 (no widened copy) and on (n, C, H, W)
-        # blocks (full 7x7 over 10,000 float32: 1.3-1.5 s fused vs 2.4-2.9 s by matvec plus a norm pass,
-        # same run, loaded machine); the matvec ties it on channels-last float32 with large masks
+    if fused_applies(plan, features.dtype, device=device, data_device=features.device,
+                     channels_last=is_channels_last(features)):
         return fused_block(features, plan, sq_norms=sq_norms)
     n = features.shape[0]
     dots = torch.empty(n, plan.offsets[0] * plan.offsets[1], device=device)  # (n, H'*W')
@@ -178,6 +174,17 @@ def score_block(features: torch.Tensor, plan: WindowPlan, *, chunk: int, device:
     magnitudes.clamp_(min=0).sqrt_()
     scores = torch.where(magnitudes > 0, dots.div_(magnitudes), 0.0)  # (n, H'*W')
     return scores.clamp_(-1.0, 1.0)
+
+
+def fused_applies(plan: WindowPlan, dtype: torch.dtype, *, device: torch.device,
+                  data_device: torch.device, channels_last: bool) -> bool:
+    """Whether `score_block` takes the fused numba kernel (which scores each image on its own)."""
+    on_cpu = device.type == "cpu" and data_device.type == "cpu"
+    # measured here: fused wins on small masks, on float16 (no widened copy) and on (n, C, H, W)
+    # blocks (full 7x7 over 10,000 float32: 1.3-1.5 s fused vs 2.4-2.9 s by matvec plus a norm pass,
+    # same run, loaded machine); the matvec ties it on channels-last float32 with large masks
+    return (USE_NUMBA and on_cpu and dtype in FUSED_DTYPES
+            and (plan.strategy == "cells" or dtype == torch.float16 or not channels_last))
 
 
 def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Tensor | None) -> torch.Tensor:

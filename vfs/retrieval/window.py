@@ -24,7 +24,7 @@ import torch
 
 from vfs.errors import MaskError, NonFiniteError, SearchError
 from vfs.models.devices import resolve_device
-from vfs.retrieval.kernels import WindowPlan, is_channels_last, make_plan, score_block
+from vfs.retrieval.kernels import WindowPlan, fused_applies, is_channels_last, make_plan, score_block
 from vfs.retrieval.prepared import PreparedSource
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
@@ -71,20 +71,14 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
     """
     check_count(k, "k", "ask for k=1 or more matches")
     check_count(per_image, "per_image", "use 1 for the best window per image")
-    plan, indices, device = plan_search(query, weights, source, subset=subset, device=device, any_grid=any_grid)
+    plan, indices, device = plan_search(query, weights, source, subset=subset, any_grid=any_grid,
+                                        device="cpu" if is_self_scoring(source) else device)
     excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
-    best = Candidates(k)
-    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, ignore=excluded):
-        if excluded.size:  # scored with the rest (whole slices read faster than gathers), never returned
-            keep = ~np.isin(chunk_indices, excluded)
-            chunk_indices, scores = chunk_indices[keep], scores[torch.from_numpy(keep).to(scores.device)]
-        if per_image == 1:
-            top, offsets = scores.max(dim=1, keepdim=True)  # (n, 1) each, first maximum = lowest offset
-        else:
-            top, offsets = scores.sort(dim=1, descending=True, stable=True)  # (n, offsets) each
-            top, offsets = top[:, :per_image], offsets[:, :per_image]  # (n, p) each
-        best.add(np.repeat(chunk_indices, top.shape[1]), top.cpu().numpy().ravel(),
-                 offsets.cpu().numpy().ravel())
+    if is_self_scoring(source):  # a cluster scores its own shards (vfs.retrieval.cluster.ClusterCache)
+        best = source.cluster_top_windows(plan, indices, excluded=excluded, k=k, per_image=per_image)
+    else:
+        best = top_windows(plan, source, indices, excluded=excluded, k=k, per_image=per_image,
+                           block=block, device=device)
     columns = plan.offsets[1]
     return [Match(index=int(i), score=float(s), row=int(o // columns), col=int(o % columns),
                   height=plan.height, width=plan.width) for i, s, o in best.ranked()]
@@ -96,19 +90,60 @@ def best_windows(query, weights, source, *, subset=None, block: int | None = Non
 
     Inputs are checked as `search` checks them (grid, non-finite features): scores are never NaN.
     """
-    plan, indices, device = plan_search(query, weights, source, subset=subset, device=device, any_grid=any_grid)
+    plan, indices, device = plan_search(query, weights, source, subset=subset, any_grid=any_grid,
+                                        device="cpu" if is_self_scoring(source) else device)
+    if is_self_scoring(source):
+        indices, scores, offsets = source.cluster_best_windows(plan, indices)
+    else:
+        indices, scores, offsets = each_best(plan, source, indices, block=block, device=device)
+    columns = plan.offsets[1]
+    return BestWindows(indices=indices, scores=scores, rows=offsets // columns, cols=offsets % columns,
+                       height=plan.height, width=plan.width)
+
+
+def is_self_scoring(source) -> bool:
+    """True for a source that scores its own data where it lives (a `ClusterCache`): it gets the plan."""
+    return callable(getattr(source, "cluster_top_windows", None))
+
+
+def top_windows(plan: WindowPlan, source, indices: np.ndarray, *, excluded: np.ndarray, k: int, per_image: int,
+                block: int | None, device: torch.device, chunk: int | None = None,
+                position: int = 0) -> Candidates:
+    """The k best (index, score, offset) over `indices` of `source`, at most `per_image` per image.
+
+    `chunk` and `position` (where `indices[0]` stands in the whole search) are for a part of a larger
+    search (one shard of a cluster): each image is then scored exactly as the whole search scores it.
+    """
+    best = Candidates(k)
+    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, ignore=excluded,
+                                      chunk=chunk, position=position):
+        if excluded.size:  # scored with the rest (whole slices read faster than gathers), never returned
+            keep = ~np.isin(chunk_indices, excluded)
+            chunk_indices, scores = chunk_indices[keep], scores[torch.from_numpy(keep).to(scores.device)]
+        if per_image == 1:
+            top, offsets = scores.max(dim=1, keepdim=True)  # (n, 1) each, first maximum = lowest offset
+        else:
+            top, offsets = scores.sort(dim=1, descending=True, stable=True)  # (n, offsets) each
+            top, offsets = top[:, :per_image], offsets[:, :per_image]  # (n, p) each
+        best.add(np.repeat(chunk_indices, top.shape[1]), top.cpu().numpy().ravel(),
+                 offsets.cpu().numpy().ravel())
+    return best
+
+
+def each_best(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
+              chunk: int | None = None, position: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices (M,) int64, best scores (M,) float32, best offsets (M,) int64) of every image of `indices`."""
     parts_indices, parts_scores, parts_offsets = [], [], []
-    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device):
+    for chunk_indices, scores in scan(plan, source, indices, block=block, device=device, chunk=chunk,
+                                      position=position):
         top, offsets = scores.max(dim=1)  # (n,) each, first maximum = lowest offset
         parts_indices.append(chunk_indices)
         parts_scores.append(top.cpu().numpy())
         parts_offsets.append(offsets.cpu().numpy())
-    offsets = np.concatenate(parts_offsets).astype(np.int64) if parts_offsets else np.zeros(0, np.int64)
-    columns = plan.offsets[1]
-    return BestWindows(
-        indices=np.concatenate(parts_indices) if parts_indices else np.zeros(0, np.int64),
-        scores=np.concatenate(parts_scores).astype(np.float32) if parts_scores else np.zeros(0, np.float32),
-        rows=offsets // columns, cols=offsets % columns, height=plan.height, width=plan.width)
+    if not parts_indices:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return (np.concatenate(parts_indices).astype(np.int64), np.concatenate(parts_scores).astype(np.float32),
+            np.concatenate(parts_offsets).astype(np.int64))
 
 
 class Candidates:
@@ -265,14 +300,23 @@ def check_indices(values, count: int, name: str) -> np.ndarray:
     return values
 
 
+def kernel_chunk(plan: WindowPlan, count: int) -> int:
+    """Images per kernel call in a search of `count` images: a small search needs no padding."""
+    return min(plan.chunk, max(1, count))
+
+
 def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
-         ignore: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+         ignore: np.ndarray | None = None, chunk: int | None = None,
+         position: int = 0) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (indices (n,), scores (n, offsets)) over `indices`, one read block at a time.
 
     Images with non-finite features raise `NonFiniteError`, except those in `ignore` (never returned).
 
-    Kernel calls hold min(`plan.chunk`, len(indices)) images (the last one padded with zeros) and
-    blocks are whole numbers of them, so each image is scored the same way whatever `block` is.
+    Kernel calls hold `chunk` images (default: min(`plan.chunk`, len(indices)); the last call padded
+    with zeros) and blocks are whole numbers of them, so each image is scored the same way whatever
+    `block` is. `position` says where `indices[0]` stands in a larger search split into parts (a
+    cluster's shards): the first call is then padded in front so that every image takes the same
+    place in its kernel call as in the whole search (the torch kernels' bits depend on it).
     """
     if block is not None and not is_positive_int(block):
         raise SearchError(f"block must be a positive number of images, got {block!r}: "
@@ -281,23 +325,52 @@ def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, de
     if block is None:
         read_bytes = CUDA_READ_BYTES if device.type == "cuda" else READ_BYTES
         block = max(1, read_bytes // (channels * height * width * 4))
-    chunk = min(plan.chunk, max(1, len(indices)))  # a small search needs no padding
+    chunk = kernel_chunk(plan, len(indices)) if chunk is None else chunk
     block = -(-block // chunk) * chunk  # a whole number of chunks
     sq_norms = getattr(source, "sq_norms", None)
-    for start in range(0, len(indices), block):
+    lead = position % chunk
+    first = min(len(indices), chunk - lead) if lead else 0
+    if first:  # the images that share their kernel call with the previous part's last ones
+        wanted = indices[:first]
+        features = read(source, wanted)  # (n, C, H, W)
+        norms = None if sq_norms is None else read(sq_norms, wanted)  # (n, H, W)
+        padded, padded_norms = features, norms
+        if not fused_applies(plan, features.dtype, device=device, data_device=features.device,
+                             channels_last=is_channels_last(features)):
+            padded, padded_norms = pad_front(features, lead), None if norms is None else pad_front(norms, lead)
+        scores = score_block(padded, plan, chunk=chunk, device=device, sq_norms=padded_norms)  # (lead + n, offsets)
+        scores = scores[scores.shape[0] - len(wanted):]  # (n, offsets)
+        check_finite(wanted, features, norms, scores, ignore)
+        yield wanted, scores
+    for start in range(first, len(indices), block):
         wanted = indices[start:start + block]
         features = read(source, wanted)  # (n, C, H, W)
         norms = None if sq_norms is None else read(sq_norms, wanted)  # (n, H, W)
         scores = score_block(features, plan, chunk=chunk, device=device, sq_norms=norms)  # (n, offsets)
-        bad = nonfinite_rows(features, norms, scores)  # (n,)
-        if ignore is not None and ignore.size:
-            bad &= ~np.isin(wanted, ignore)
-        if bad.any():
-            raise NonFiniteError(
-                f"the features of image(s) {wanted[bad][:10].tolist()} hold NaN or inf, so they cannot be "
-                "ranked: rebuild the source from the images (a cache build refuses non-finite features), or "
-                f"leave them out with exclude={wanted[bad][:10].tolist()}")
+        check_finite(wanted, features, norms, scores, ignore)
         yield wanted, scores
+
+
+def check_finite(indices: np.ndarray, features: torch.Tensor, norms: torch.Tensor | None, scores: torch.Tensor,
+                 ignore: np.ndarray | None) -> None:
+    """A NonFiniteError naming the images of `indices` (not in `ignore`) whose features hold NaN or inf."""
+    bad = nonfinite_rows(features, norms, scores)  # (n,)
+    if ignore is not None and ignore.size:
+        bad &= ~np.isin(indices, ignore)
+    if bad.any():
+        raise NonFiniteError(
+            f"the features of image(s) {indices[bad][:10].tolist()} hold NaN or inf, so they cannot be "
+            "ranked: rebuild the source from the images (a cache build refuses non-finite features), or "
+            f"leave them out with exclude={indices[bad][:10].tolist()}")
+
+
+def pad_front(values: torch.Tensor, lead: int) -> torch.Tensor:
+    """`lead` rows of zeros, then `values` (n, ...), in the same memory layout: (lead + n, ...)."""
+    order = sorted(range(values.ndim), key=lambda d: -values.stride(d))  # dims from outermost in memory
+    padded = values.new_zeros((lead + values.shape[0], *(values.shape[d] for d in order[1:])))
+    out = padded.permute(0, *[order[1:].index(d) + 1 for d in range(1, values.ndim)])  # the input's layout
+    out[lead:] = values
+    return out
 
 
 def read(source, indices: np.ndarray) -> torch.Tensor:
