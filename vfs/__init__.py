@@ -106,6 +106,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from vfs.models.features import FeatureExtractor, layer_shapes, list_layers
     from vfs.models.loading import LoadedModel, load_model
     from vfs.models.preprocess import Preprocess
-    from vfs.retrieval.prepared import PreparedSource, prepare
     from vfs.retrieval.cluster import ClusterCache, open_cluster_cache
+    from vfs.retrieval.prepared import PreparedSource, prepare
     from vfs.retrieval.window import BestWindows, Match, best_windows, search
