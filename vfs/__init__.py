@@ -7,6 +7,7 @@ The public surface, imported lazily so that `import vfs` stays cheap (torch load
     features = extractor(images)                                  # (N, C, H, W)
     weights = vfs.mask_to_grid(mask, features.shape[-2:], preprocess=model.preprocess)
     matches = vfs.search(features[0], weights, features, k=10)    # best first
+    result = vfs.search_two_stage(query, weights, cache, candidates=1000)  # approximate, for huge caches
 
 Analysis tools live in submodules: `vfs.analysis.overlays`, `vfs.analysis.decompose`, `vfs.analysis.metrics`.
 """
@@ -50,6 +51,11 @@ _LAZY: dict[str, str] = {
     "CacheMeta": "vfs.cache.reader",
     "open_cache": "vfs.cache.reader",
     "build_cache": "vfs.cache.build",
+    "CoarseIndex": "vfs.cache.coarse",
+    "open_coarse_index": "vfs.cache.coarse",
+    "build_coarse_index": "vfs.cache.coarse",
+    "TwoStageResult": "vfs.retrieval.two_stage",
+    "search_two_stage": "vfs.retrieval.two_stage",
 }
 
 __all__ = sorted(
@@ -85,10 +91,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
     from vfs.cache.build import build_cache
+    from vfs.cache.coarse import CoarseIndex, build_coarse_index, open_coarse_index
     from vfs.cache.reader import CacheMeta, FeatureCache, open_cache
     from vfs.datasets import ImageItem, open_dataset
     from vfs.masks import box_to_grid, mask_to_grid, window_to_box
     from vfs.models.features import FeatureExtractor, layer_shapes, list_layers
     from vfs.models.loading import LoadedModel, load_model
     from vfs.models.preprocess import Preprocess
+    from vfs.retrieval.two_stage import TwoStageResult, search_two_stage
     from vfs.retrieval.window import BestWindows, Match, best_windows, search
