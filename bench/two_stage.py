@@ -29,20 +29,26 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/search.py
 import torch  # noqa: E402
+import zarr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vfs  # noqa: E402
 from vfs.cache.arrays import write_cache  # noqa: E402
+from vfs.cache.build import _finish, _open_or_create  # noqa: E402
 from vfs.cache.coarse import CoarseIndex, CoarseMeta, build_coarse_index, fit_basis, open_coarse_index  # noqa: E402
+from vfs.cache.format import CacheMeta as CacheMeta_  # noqa: E402
+from vfs.cache.format import block_key  # noqa: E402
 from vfs.retrieval.two_stage import search_two_stage, top_indices  # noqa: E402
 from vfs.retrieval.window import best_windows  # noqa: E402
 
@@ -162,17 +168,43 @@ def recall(args) -> None:
 def synthetic_blocks(like: Path, *, images: int, channels: int, shard: int, noise: float, seed: int):
     """Blocks (shard, H, W, channels) float16 of real features mapped to `channels`, tiled, plus noise."""
     real = vfs.open_cache(like, in_memory=True)
-    base = torch.from_numpy(real._features)  # (N', H, W, C')
     generator = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(base.shape[3], channels, generator=generator) / base.shape[3] ** 0.5  # (C', C)
-    spread = float((base[:1000].float() @ mixing).std())
+    features = torch.from_numpy(real._features)  # (N', H, W, C')
+    mixing = torch.randn(features.shape[3], channels, generator=generator) / features.shape[3] ** 0.5  # (C', C)
+    base = torch.cat([part.float() @ mixing for part in features.split(1024)])  # (N', H, W, C), once
+    spread = float(base[:1000].std())
     pool = torch.randn(4 * shard, *base.shape[1:3], channels, generator=generator) * (noise * spread)  # noise
     for start in range(0, images, shard):
         rows = torch.arange(start, min(images, start + shard)) % base.shape[0]
-        block = base[rows].float() @ mixing  # (n, H, W, C)
         first = int(torch.randint(0, 3 * shard, (1,), generator=generator))  # a different noise slice per block
-        block += pool[first:first + len(rows)]
-        yield block.to(torch.float16).numpy()
+        yield (base[rows] + pool[first:first + len(rows)]).to(torch.float16).numpy()  # (n, H, W, C)
+
+
+def tile_cache(source: Path, out: Path, *, images: int) -> None:
+    """A cache of `images` (a multiple of the shard size) whose block files are copies of `source`'s written blocks.
+
+    `source` may be unfinished: its written full blocks are the distinct ones, copied in turn (real copies,
+    so the new cache takes its full size on disk and its own page-cache pages).
+    """
+    group = zarr.open_group(source, mode="r")
+    meta = CacheMeta_.from_attrs(group.attrs["vfs_cache"])
+    progress = group["progress"][:]  # (blocks, arrays)
+    distinct = [b for b in np.flatnonzero(progress.all(axis=1)) if (b + 1) * meta.shard_size <= meta.count]
+    if images % meta.shard_size:
+        raise ValueError(f"--images must be a multiple of {meta.shard_size} to tile whole blocks")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    wanted = replace(meta, count=images, status="building", finished=None, created=now)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        target, wanted = _open_or_create(out, wanted, overwrite=True)
+        for block in range(wanted.blocks):
+            origin = distinct[block % len(distinct)]
+            for name in meta.arrays:
+                destination = out / block_key(target[name], block)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / block_key(group[name], origin), destination)
+            target["progress"][block] = progress[origin]
+        _finish(target, wanted)
+    print(f"tiled {len(distinct)} distinct blocks of {source} into {images:,} images at {out}")
 
 
 def evict(folder: Path) -> None:
@@ -186,7 +218,11 @@ def evict(folder: Path) -> None:
 def scale(args) -> None:
     out = Path(args.out)
     grid = vfs.open_cache(args.like, in_memory=False).meta.grid
-    if not (out / "zarr.json").exists() or args.rewrite:
+    if args.tile_from:
+        started = time.perf_counter()
+        tile_cache(args.tile_from, out, images=args.images)
+        print(f"tiled in {time.perf_counter() - started:.0f} s")
+    elif not (out / "zarr.json").exists() or args.rewrite:
         started = time.perf_counter()
         write_cache(synthetic_blocks(args.like, images=args.images, channels=args.channels, shard=1024,
                                      noise=args.noise, seed=args.seed),
@@ -199,6 +235,9 @@ def scale(args) -> None:
     started = time.perf_counter()
     build_coarse_index(out, progress=False, overwrite=args.rewrite)
     build = time.perf_counter() - started
+    print(f"coarse index built in {build:.0f} s (0 if it existed)")
+    if args.build_only:
+        return
     cache = vfs.open_cache(out, in_memory=False)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -261,6 +300,9 @@ def main() -> None:
     two.add_argument("--exact", action="store_true", help="also time one exact search from disk")
     two.add_argument("--rewrite", action="store_true")
     two.add_argument("--write-only", action="store_true", help="write the synthetic cache, time nothing")
+    two.add_argument("--tile-from", type=Path, help="a synthetic cache (even unfinished) whose blocks are copied "
+                     "in turn to make --out (much faster than generating every block)")
+    two.add_argument("--build-only", action="store_true", help="build the coarse index, time no query")
     two.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -205,3 +205,89 @@ def test_index_coarse_command(tmp_path, rng, capsys):
     assert main(["index-coarse", str(path), "--dims", "3", "--sample", "50"]) == 0
     assert "coarse index ready" in capsys.readouterr().out
     assert open_coarse_index(vfs.open_cache(path)).meta.dims == 3
+
+
+# ---- the app: offered for caches with an index, labelled approximate with M
+
+
+@pytest.fixture(scope="module")
+def app_library(tmp_path_factory):
+    from app_server import shared_caches
+
+    from app.library import CacheLibrary
+
+    root = tmp_path_factory.mktemp("two_stage_app")
+    shutil.copytree(shared_caches(tmp_path_factory) / "fmnist-blocks5", root / "indexed")
+    shutil.copytree(shared_caches(tmp_path_factory) / "fmnist-blocks5", root / "plain")
+    build_coarse_index(root / "indexed", dims=8, progress=False)
+    library = CacheLibrary(root, hub=False)
+    titles = {entry.key: entry.title for entry in library.refresh()}
+    assert "two-stage" in titles["indexed"] and "two-stage" not in titles["plain"]
+    return library
+
+
+def test_app_two_stage_is_labelled_and_exact_in_its_scores(app_library, tmp_path):
+    import csv
+    import json
+
+    from app import exports, handlers
+    from app.state import SearchOptions, decode_state, encode_state
+    from app.state import SharedState
+
+    cache = app_library.open("indexed")
+    image = handlers.display_image(app_library, "indexed", 7)
+    mask = np.zeros(image.shape[:2], bool)
+    mask[60:260, 80:300] = True
+    value = {"background": np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]),
+             "layers": [np.dstack([np.zeros_like(image), mask.astype(np.uint8) * 255])], "composite": None}
+    picked = handlers.Picked(cache_key="indexed", index=7, image_id=cache.ids[7])
+    query, _ = handlers.read_query(app_library, "indexed", value, picked)
+    exact = handlers.run_search(app_library, query, SearchOptions(k=8))
+    everything = handlers.run_search(app_library, query, SearchOptions(k=8, candidates=cache.shape[0]))
+    assert everything.matches == exact.matches  # M = N: two-stage is exact search
+    outcome = handlers.run_search(app_library, query, SearchOptions(k=8, candidates=20))
+    assert outcome.best.scores.size == 20 and 7 not in outcome.best.indices
+    expected = search_two_stage(outcome.features, outcome.weights, cache, candidates=20, k=8, exclude=[7])
+    assert outcome.matches == expected.matches
+    assert "approximate" in handlers.search_summary(app_library, outcome) and "M=20" in handlers.search_summary(
+        app_library, outcome)
+    assert "approximate" not in handlers.search_summary(app_library, exact)
+    json_path, csv_path = exports.export_results(app_library, outcome, folder=tmp_path)
+    document = json.loads(json_path.read_text())
+    assert document["search"]["approximate"] is True and document["search"]["candidates"] == 20
+    assert {row["search"] for row in csv.DictReader(csv_path.open())} == {"approximate (two-stage, M=20)"}
+    state = decode_state(encode_state(SharedState(cache_key="indexed", revision=None, index=7, image_id=None,
+                                                  image_size=image.shape[:2], mask=mask, options=outcome.options)))
+    assert state.options.candidates == 20
+    plain = handlers.Picked(cache_key="plain", index=7, image_id=cache.ids[7])
+    query, _ = handlers.read_query(app_library, "plain", value, plain)
+    with pytest.raises(vfs.VFSError, match="no coarse index.*index-coarse"):
+        handlers.run_search(app_library, query, SearchOptions(k=8, candidates=20))
+
+
+def test_hub_publishes_and_opens_the_index(tmp_path, monkeypatch, rng):
+    """A cache pushed with its index opens from the Hub with it, and two-stage search gives the same results."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hub_server import HubServer
+
+    import hub_caches
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT", "HUB_CACHES_CATALOG"):
+        monkeypatch.delenv(name, raising=False)
+    path = make_cache(tmp_path / "cache", low_rank_features(rng))
+    build_coarse_index(path, dims=5, progress=False)
+    local = vfs.open_cache(path)
+    query, weights = torch.from_numpy(local[9].astype(np.float32)), weights_of("L")
+    expected = search_two_stage(query, weights, local, candidates=30, k=6)
+    with HubServer(tmp_path / "server") as server:
+        hub_caches.push_cache(path, "vfs-test/two-stage", tag="v1", endpoint=server.endpoint, token=False)
+        remote = hub_caches.open("vfs-test/two-stage", revision="v1", endpoint=server.endpoint, token=False)
+        assert has_coarse_index(remote)
+        index = open_coarse_index(remote)
+        np.testing.assert_array_equal(index.codes, open_coarse_index(local).codes)
+        assert search_two_stage(query, weights, remote, index=index, candidates=30, k=6).matches == expected.matches

@@ -17,14 +17,22 @@ measures how often (recall@k against exact search, per mask shape and M).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from vfs.cache.coarse import CoarseIndex, cache_fingerprint, open_coarse_index
 from vfs.cache.reader import FeatureCache
 from vfs.errors import CacheMismatchError, SearchError
-from vfs.retrieval.window import Match, as_float_tensor, best_windows, check_indices, is_positive_int, search
+from vfs.retrieval.window import (
+    BestWindows,
+    Match,
+    as_float_tensor,
+    best_windows,
+    check_indices,
+    is_positive_int,
+    search,
+)
 
 CANDIDATES = 1000  # default M: images re-scored exactly (see the recall table in docs/design.md)
 
@@ -51,17 +59,46 @@ def approximate_label(candidates: int, scanned: int) -> str:
 
 
 def search_two_stage(query, weights, cache: FeatureCache, *, index: CoarseIndex | None = None,
-                     candidates: int = CANDIDATES, k: int = 10, exclude=None, per_image: int = 1) -> TwoStageResult:
+                     candidates: int = CANDIDATES, k: int = 10, exclude=None, subset=None,
+                     per_image: int = 1) -> TwoStageResult:
     """The `k` best windows of `cache` for the region `weights` (H, W) of `query` (C, H, W), found in two stages.
 
     `index` is `open_coarse_index(cache)` (opened here when None: open it once for many queries).
-    `candidates` (M) images are re-scored exactly; `exclude` and `per_image` are as for `vfs.search`.
+    `candidates` (M) images are re-scored exactly; `exclude`, `subset` and `per_image` are as for `vfs.search`.
     """
+    if not is_positive_int(k):
+        raise SearchError(f"k must be a positive integer, got {k!r}: ask for k=1 or more matches")
+    picked, source, scanned, dims = _candidates(query, weights, cache, index=index, candidates=candidates,
+                                                exclude=exclude, subset=subset)
+    if source is None:
+        return TwoStageResult(matches=[], candidates=candidates, scanned=scanned, dims=dims)
+    found = search(query, weights, source, k=k, per_image=per_image)
+    matches = [Match(index=int(picked[m.index]), score=m.score, row=m.row, col=m.col, height=m.height,
+                     width=m.width) for m in found]
+    return TwoStageResult(matches=matches, candidates=candidates, scanned=scanned, dims=dims)
+
+
+def best_windows_two_stage(query, weights, cache: FeatureCache, *, index: CoarseIndex | None = None,
+                           candidates: int = CANDIDATES, exclude=None, subset=None) -> BestWindows:
+    """The exact best window of each of the `candidates` images (of `subset`) the coarse index ranks best.
+
+    Like `vfs.best_windows`, but only over those M images (ascending indices of the cache).
+    """
+    picked, source, _, _ = _candidates(query, weights, cache, index=index, candidates=candidates,
+                                       exclude=exclude, subset=subset)
+    if source is None:
+        return BestWindows(indices=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
+                           rows=np.zeros(0, np.int64), cols=np.zeros(0, np.int64), height=0, width=0)
+    best = best_windows(query, weights, source)
+    return replace(best, indices=picked[best.indices])
+
+
+def _candidates(query, weights, cache: FeatureCache, *, index: CoarseIndex | None, candidates: int,
+                exclude, subset) -> tuple[np.ndarray, Gathered | None, int, int]:
+    """Stage 1: (the M picked images, ascending; their features as a source; images scanned; d)."""
     if not is_positive_int(candidates):
         raise SearchError(f"candidates must be a positive integer, got {candidates!r}: "
                           f"ask for M images to re-score exactly, e.g. candidates={CANDIDATES}")
-    if not is_positive_int(k):
-        raise SearchError(f"k must be a positive integer, got {k!r}: ask for k=1 or more matches")
     index = open_coarse_index(cache) if index is None else index
     if index.meta.cache != cache_fingerprint(cache):
         raise CacheMismatchError(f"this coarse index was built from another cache than {cache.where}: "
@@ -72,18 +109,14 @@ def search_two_stage(query, weights, cache: FeatureCache, *, index: CoarseIndex 
                           f"channels, got shape {tuple(query.shape)}: take it from the cache's model layer")
     count = cache.shape[0]
     excluded = check_indices(exclude if exclude is not None else [], count, "exclude")
-    approximate = best_windows(index.project(query), weights, index)  # every image's best window, approximately
-    scores = approximate.scores.copy()  # (N,)
-    scores[excluded] = -np.inf
-    keep = min(candidates, count - len(excluded))
-    if keep == 0:
-        return TwoStageResult(matches=[], candidates=candidates, scanned=count, dims=index.meta.dims)
-    picked = np.sort(top_indices(scores, keep))  # (M,) ascending: ties keep exact search's order
-    source = Gathered(cache.take(picked), index.sq_norms[picked])
-    found = search(query, weights, source, k=k, per_image=per_image)
-    matches = [Match(index=int(picked[m.index]), score=m.score, row=m.row, col=m.col, height=m.height,
-                     width=m.width) for m in found]
-    return TwoStageResult(matches=matches, candidates=candidates, scanned=count, dims=index.meta.dims)
+    approximate = best_windows(index.project(query), weights, index, subset=subset)  # every image, approximately
+    scores = approximate.scores.copy()  # (n,)
+    scores[np.isin(approximate.indices, excluded)] = -np.inf
+    keep = min(candidates, len(scores) - int(np.isin(approximate.indices, excluded).sum()))
+    if keep <= 0:
+        return np.zeros(0, np.int64), None, len(scores), index.meta.dims
+    picked = np.sort(approximate.indices[top_indices(scores, keep)])  # (M,) ascending: ties as exact search
+    return picked, Gathered(cache.take(picked), index.sq_norms[picked]), len(scores), index.meta.dims
 
 
 def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
