@@ -231,8 +231,7 @@ def test_app_two_stage_is_labelled_and_exact_in_its_scores(app_library, tmp_path
     import json
 
     from app import exports, handlers
-    from app.state import SearchOptions, decode_state, encode_state
-    from app.state import SharedState
+    from app.state import SearchOptions, SharedState, decode_state, encode_state
 
     cache = app_library.open("indexed")
     image = handlers.display_image(app_library, "indexed", 7)
