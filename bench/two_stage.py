@@ -270,6 +270,25 @@ def scale(args) -> None:
             second.append(max(0.0, total - (middle - started)))
         one, two = statistics.median(first), statistics.median(second)
         print(f"{mask:<9} {one:11.3f} {two:11.3f} {one + two:7.3f}   {one * factor + two:34.2f}")
+    if args.full_scale:
+        started = time.perf_counter()
+        tiled = CoarseIndex(meta=index.meta, basis=index.basis,
+                            codes=np.resize(index.codes, (FULL_SCALE, *index.codes.shape[1:])),  # (N', H, W, d)
+                            sq_norms=np.resize(index.sq_norms, (FULL_SCALE, *index.sq_norms.shape[1:])))
+        print(f"\nstage 1 at {FULL_SCALE:,} images (the index tiled in RAM in {time.perf_counter() - started:.0f} s: "
+              f"codes {tiled.codes.nbytes / 2**30:.2f} GiB + sq_norms {tiled.sq_norms.nbytes / 2**30:.2f} GiB), "
+              f"measured, median of {args.queries}")
+        for mask in MASKS:
+            spent = []
+            for _ in range(args.queries):
+                query = torch.from_numpy(cache.take(np.array([int(rng.integers(args.images))]))[0].astype(np.float32))
+                weights = torch.from_numpy(make_weights(mask, grid, rng))
+                started = time.perf_counter()
+                scores = best_windows(tiled.project(query), weights, tiled).scores  # (N',)
+                top_indices(scores, args.candidates)
+                spent.append(time.perf_counter() - started)
+            print(f"{mask:<9} stage 1 {statistics.median(spent):6.3f} s  (min {min(spent):.3f}, max {max(spent):.3f})")
+        del tiled
     if args.exact:
         evict(out / "features")
         image = int(rng.integers(args.images))
@@ -298,6 +317,8 @@ def main() -> None:
     two.add_argument("--queries", type=int, default=5)
     two.add_argument("--candidates", type=int, default=1000)
     two.add_argument("--exact", action="store_true", help="also time one exact search from disk")
+    two.add_argument("--full-scale", action="store_true",
+                     help=f"also time stage 1 over the index tiled to {FULL_SCALE:,} images in RAM (4.3 GB more)")
     two.add_argument("--rewrite", action="store_true")
     two.add_argument("--write-only", action="store_true", help="write the synthetic cache, time nothing")
     two.add_argument("--tile-from", type=Path, help="a synthetic cache (even unfinished) whose blocks are copied "
