@@ -7,7 +7,9 @@ The public surface, imported lazily so that `import vfs` stays cheap (torch load
     features = extractor(images)                                  # (N, C, H, W)
     weights = vfs.mask_to_grid(mask, features.shape[-2:], preprocess=model.preprocess)
     matches = vfs.search(features[0], weights, features, k=10)    # best first
-    result = vfs.search_two_stage(query, weights, cache, candidates=1000)  # approximate, for huge caches
+
+    cache = vfs.open_cache("caches/big")                          # after `python -m vfs index-coarse caches/big`
+    result = vfs.search_two_stage(cache[0], weights, cache, candidates=1000)  # approximate: exact scores of M
 
 Analysis tools live in submodules: `vfs.analysis.overlays`, `vfs.analysis.decompose`, `vfs.analysis.metrics`.
 """
