@@ -32,6 +32,7 @@ COLUMNS = (
     "box_left",
     "box_bottom",
     "box_right",
+    "search",  # "exact", or "approximate (two-stage, M=...)": how the results were found
 )
 
 
@@ -42,6 +43,8 @@ def result_rows(library: CacheLibrary, outcome: Outcome) -> list[dict]:
     cache = library.open(outcome.query.cache_key)
     preprocess = library.preprocess(cache)
     grid = tuple(cache.shape[2:])
+    candidates = outcome.options.candidates
+    mode = f"approximate (two-stage, M={candidates})" if candidates else "exact"
     rows = []
     for rank, match in enumerate(outcome.matches, start=1):
         height, width = (int(v) for v in cache.image_sizes[match.index])
@@ -63,6 +66,7 @@ def result_rows(library: CacheLibrary, outcome: Outcome) -> list[dict]:
                 "box_left": round(left, 2),
                 "box_bottom": round(bottom, 2),
                 "box_right": round(right, 2),
+                "search": mode,
             }
         )
     return rows
@@ -98,6 +102,13 @@ def export_results(
             "exclude_query": outcome.options.exclude_query,
             "unique": outcome.options.unique,
             "only_label": outcome.options.only_label,
+            "candidates": outcome.options.candidates,
+        },
+        "search": {
+            "mode": "two-stage" if outcome.options.candidates else "exact",
+            "approximate": bool(outcome.options.candidates),
+            "candidates": outcome.options.candidates or None,
+            "label": handlers.approximate_note(cache, outcome.options, outcome.best) or "exact search of every image",
         },
         "results": rows,
     }

@@ -215,7 +215,10 @@ def run_search(
     if progress:
         progress(0.5, f"searching {cache.shape[0] if subset is None else subset.size} images")
     start = time.perf_counter()
-    best = gpu.best_windows(features, weights, cache, subset=subset, device=library.device)
+    if options.candidates:
+        best = two_stage_windows(library, query, options, features, weights, subset=subset)
+    else:
+        best = gpu.best_windows(features, weights, cache, subset=subset, device=library.device)
     seconds = time.perf_counter() - start
     matches = rank(best, cache, options, exclude=query.index if options.exclude_query else None)
     return Outcome(
@@ -227,6 +230,34 @@ def run_search(
         features=features,
         seconds=seconds,
     )
+
+
+def two_stage_windows(library: CacheLibrary, query: Query, options: SearchOptions, features, weights, *,
+                      subset: np.ndarray | None):
+    """The exact best windows of the `options.candidates` images a cache's coarse index ranks best."""
+    from vfs.retrieval.two_stage import best_windows_two_stage
+
+    if options.candidates < 1:
+        raise DatasetError(f"candidates must be 0 (exact search) or a positive number of images, "
+                           f"got {options.candidates}")
+    index = library.coarse(query.cache_key)
+    if index is None:
+        entry = library.entry(query.cache_key)
+        where = entry.path or entry.key
+        raise DatasetError("this cache has no coarse index, which two-stage search needs: set the candidates "
+                           f"to 0 for exact search, or build one with `python -m vfs index-coarse {where}`")
+    exclude = [query.index] if options.exclude_query and query.index is not None else None
+    return best_windows_two_stage(features, weights, library.open(query.cache_key), index=index,
+                                  candidates=options.candidates, exclude=exclude, subset=subset)
+
+
+def approximate_note(cache, options: SearchOptions, best) -> str | None:
+    """The label of two-stage results (approximate, with M), or None for an exact search."""
+    if not options.candidates:
+        return None
+    from vfs.retrieval.two_stage import approximate_label
+
+    return approximate_label(options.candidates, int(cache.shape[0]))
 
 
 def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> list:
@@ -305,7 +336,9 @@ def search_summary(library: CacheLibrary, outcome: Outcome) -> str:
     cache = library.open(outcome.query.cache_key)
     source = f"dataset image #{outcome.query.index}" if outcome.query.index is not None else "uploaded image"
     cells = int(np.count_nonzero(outcome.weights))
-    return (
+    summary = (
         f"{len(outcome.matches)} results for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
         f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms"
     )
+    note = approximate_note(cache, outcome.options, outcome.best)
+    return summary if note is None else f"**{note}** · {summary}"

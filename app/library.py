@@ -33,12 +33,15 @@ class CacheEntry:
 
 
 def describe(cache) -> str:
-    """One line naming a cache: model, layer, dataset, N, grid and dtype."""
+    """One line naming a cache: model, layer, dataset, N, grid and dtype (and its two-stage index, if any)."""
+    from vfs.cache.coarse import has_coarse_index
+
     meta = cache.meta
     n, channels, height, width = cache.shape
+    indexed = " · coarse index: two-stage search available" if has_coarse_index(cache) else ""
     return (
         f"{meta.model} · {meta.layer} · {meta.dataset} — {n} images, grid {height}x{width}, "
-        f"{channels} channels, {meta.dtype}"
+        f"{channels} channels, {meta.dtype}{indexed}"
     )
 
 
@@ -67,6 +70,7 @@ class CacheLibrary:
         self.scheduler = scheduler  # a Dask scheduler address: caches are searched on its workers
         self._entries: dict[str, CacheEntry] = {}
         self._caches: dict[str, object] = {}
+        self._coarse: dict[str, object | None] = {}
         self._models: dict[str, object] = {}
         self._extractors: dict[tuple, object] = {}
         self._datasets: dict[str, object | None] = {}
@@ -131,12 +135,25 @@ class CacheLibrary:
             else:
                 from vfs import open_cache
 
-                cache = open_cache(entry.path)
-            cache = cache.load()
+                cache = open_cache(entry.path)  # streamed when too large for RAM
+            from vfs.cache.coarse import has_coarse_index
+
+            if cache.in_memory or entry.repo is not None or not has_coarse_index(cache):
+                cache = cache.load()  # a cache too large for RAM stays on disk only when two-stage can search it
             # each thumbnail read decodes one Zarr chunk (~8 ms); results and pages revisit the same ones
             cache.thumbnail = functools.lru_cache(maxsize=THUMBNAILS_KEPT)(cache.thumbnail)
             self._caches[key] = cache
             return cache
+
+    def coarse(self, key: str):
+        """The cache's coarse index (`vfs.CoarseIndex`, held in RAM once opened), or None when it has none."""
+        with self._lock:
+            if key not in self._coarse:
+                from vfs.cache.coarse import has_coarse_index, open_coarse_index
+
+                cache = self.open(key)
+                self._coarse[key] = open_coarse_index(cache) if has_coarse_index(cache) else None
+            return self._coarse[key]
 
     def _picture(self, key: str, index: int):
         """Image `index` of cache `key` (PIL): the original when the cache's dataset is on this machine

@@ -24,6 +24,7 @@ class SearchOptions:
     exclude_query: bool = True  # leave the query image itself out of the results
     unique: str = "none"  # "none", "label" or "domain": at most one result per label/domain
     only_label: str | None = None  # keep only images with this label name; None keeps all
+    candidates: int = 0  # two-stage search (approximate): images re-scored exactly; 0 = exact search
 
 
 @dataclass(frozen=True)

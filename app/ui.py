@@ -105,13 +105,14 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         return handlers.grid_preview(library, key, value)
 
     @readable
-    def search(key, value, k, exclude, unique, only_label, picked, progress=gr.Progress()):  # noqa: B008
+    def search(key, value, k, exclude, unique, only_label, picked, candidates=0,
+               progress=gr.Progress()):  # noqa: B008
         if not key:
             raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
         started = time.perf_counter()
         progress(0.05, desc="reading the query")
         query, notes = handlers.read_query(library, key, value, picked)
-        outcome = handlers.run_search(library, query, options_from(k, exclude, unique, only_label),
+        outcome = handlers.run_search(library, query, options_from(k, exclude, unique, only_label, candidates),
                                       progress=lambda fraction, text: progress(fraction, desc=text))
         progress(0.8, desc="drawing the results")
         for note in notes:
@@ -145,7 +146,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                  f"`{cache.ids[state.index]}` (from a shared state)")
         grid_image = handlers.grid_preview(library, state.cache_key, value)
         return (state.cache_key, value, picked, opts.k, opts.exclude_query, unique,
-                opts.only_label or ALL_LABELS, grid_image, label)
+                opts.only_label or ALL_LABELS, grid_image, label, opts.candidates)
 
     def on_load(request: gr.Request):
         library.refresh()
@@ -237,6 +238,11 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                                                          elem_id="vfs-only-label", allow_custom_value=True)
                                 exclude = gr.Checkbox(True, label="exclude the query image",
                                                       elem_id="vfs-exclude")
+                            candidates = gr.Number(
+                                0, precision=0, minimum=0, elem_id="vfs-candidates",
+                                label="two-stage candidates M (0 = exact search)",
+                                info="for caches with a coarse index (python -m vfs index-coarse): approximate, "
+                                     "exact scores of the M images the index ranks best")
                         search_button = gr.Button("Search", variant="primary", elem_id="vfs-search")
                         summary = gr.Markdown("", elem_id="vfs-summary", elem_classes="vfs-small")
                         results = gr.Gallery(label="Most similar regions (rank · label · cosine)", columns=4,
@@ -259,7 +265,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                         state_text = gr.Textbox(label="Load a state", elem_id="vfs-state-text", scale=4)
                         load_button = gr.Button("Load state", elem_id="vfs-load-state", scale=1)
             searched = read_editor(search_button.click).success(
-                search, [cache_key, query_value, k, exclude, unique, only_label, picked],
+                search, [cache_key, query_value, k, exclude, unique, only_label, picked, candidates],
                 [results, summary, grid, plot, share, last, last_query], api_name="search",
             )
             with gr.Tab("Compare", id="compare"):
@@ -290,7 +296,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         read_editor(editor.apply).success(preview, [cache_key, query_value], [grid], api_name=False,
                                           show_progress="hidden")
         export_button.click(export, [last], [files], api_name="export")
-        state_outputs = [cache_key, editor, picked, k, exclude, unique, only_label, grid, picked_label]
+        state_outputs = [cache_key, editor, picked, k, exclude, unique, only_label, grid, picked_label, candidates]
         load_button.click(load_state, [state_text], state_outputs, api_name="load_state", **quiet)
         timer.tick(tick, [cache_key], [status, cache_key, timer], api_name=False, show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(

@@ -73,8 +73,9 @@ def readable(fn):
     return wrapper
 
 
-def options_from(k, exclude, unique, only_label) -> SearchOptions:
+def options_from(k, exclude, unique, only_label, candidates=0) -> SearchOptions:
     return SearchOptions(k=int(k), exclude_query=bool(exclude), unique=UNIQUE_LABELS.get(unique, unique),
-                         only_label=None if only_label in (None, "", ALL_LABELS) else only_label)
+                         only_label=None if only_label in (None, "", ALL_LABELS) else only_label,
+                         candidates=int(candidates or 0))
 
 

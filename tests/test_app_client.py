@@ -107,8 +107,8 @@ def test_picked_query_is_shared_and_loads_back(client, app_caches, tmp_path):
         api_name="/search",
     )
     assert "dataset image #12" in summary
-    key, value, k, exclude, unique, only_label, _, picked = client.predict(share, api_name="/load_state")
-    assert (key, k, exclude, unique, only_label) == (FMNIST, 4, True, "one per label", "all labels")
+    key, value, k, exclude, unique, only_label, _, picked, candidates = client.predict(share, api_name="/load_state")
+    assert (key, k, exclude, unique, only_label, candidates) == (FMNIST, 4, True, "one per label", "all labels", 0)
     assert "#12" in picked
     layer = np.asarray(Image.open(value["layers"][0]))  # the client hands back downloaded file paths
     assert np.array_equal(layer[..., 3] > 0, mask)

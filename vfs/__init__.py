@@ -9,6 +9,9 @@ The public surface, imported lazily so that `import vfs` stays cheap (torch load
     matches = vfs.search(features[0], weights, features, k=10)    # best first
     source = vfs.prepare(features)                                # laid out once: every query at cache speed
 
+    cache = vfs.open_cache("caches/big")                          # after `python -m vfs index-coarse caches/big`
+    result = vfs.search_two_stage(cache[0], weights, cache, candidates=1000)  # approximate: exact scores of M
+
 Analysis tools live in submodules: `vfs.analysis.overlays`, `vfs.analysis.decompose`, `vfs.analysis.metrics`.
 """
 
@@ -60,6 +63,11 @@ _LAZY: dict[str, str] = {
     "build_cache": "vfs.cache.build",
     "ClusterCache": "vfs.retrieval.cluster",
     "open_cluster_cache": "vfs.retrieval.cluster",
+    "CoarseIndex": "vfs.cache.coarse",
+    "open_coarse_index": "vfs.cache.coarse",
+    "build_coarse_index": "vfs.cache.coarse",
+    "TwoStageResult": "vfs.retrieval.two_stage",
+    "search_two_stage": "vfs.retrieval.two_stage",
 }
 
 __all__ = sorted(
@@ -100,6 +108,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
     from vfs.cache.build import build_cache
+    from vfs.cache.coarse import CoarseIndex, build_coarse_index, open_coarse_index
     from vfs.cache.reader import CacheMeta, FeatureCache, open_cache
     from vfs.datasets import ImageItem, open_dataset
     from vfs.masks import box_to_grid, mask_to_grid, window_to_box
@@ -108,4 +117,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from vfs.models.preprocess import Preprocess
     from vfs.retrieval.cluster import ClusterCache, open_cluster_cache
     from vfs.retrieval.prepared import PreparedSource, prepare
+    from vfs.retrieval.two_stage import TwoStageResult, search_two_stage
     from vfs.retrieval.window import BestWindows, Match, best_windows, search

@@ -33,7 +33,7 @@ from zarr.storage import LocalStore
 
 from vfs.cache.durable import build_owner
 from vfs.cache.format import SCHEMA, CacheMeta, block_file, block_key, digest, stored_size, thumbnail_size
-from vfs.cache.shard_file import local_layout, read_shard
+from vfs.cache.shard_file import local_layout, read_index, read_rows, read_shard
 from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError, VFSError
 
 # what reading damaged files raises: zarr's checksum and metadata errors are ValueErrors, blosc and zstd
@@ -98,7 +98,7 @@ class FeatureCache:
     """A finished cache: `shape == (N, C, H, W)`, sliceable along images, with labels and thumbnails."""
 
     def __init__(self, group: zarr.Group, meta: CacheMeta, *, where: str):
-        self.meta, self.where = meta, where
+        self.meta, self.where, self.group = meta, where, group
         nbytes = group.attrs.get("block_nbytes", {})
         digests = group.attrs.get("block_xxh3", {})
         self.positions_bound = all(digests.get(name) is not None and min(digests[name], default=0) >= 0
@@ -140,6 +140,18 @@ class FeatureCache:
         """Features of the selected images: int -> (C, H, W); slice or indices -> (n, C, H, W) view."""
         block = self._features[index]  # (n, H, W, C) or (H, W, C)
         return block.transpose(2, 0, 1) if block.ndim == 3 else block.transpose(0, 3, 1, 2)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Features (n, C, H, W), a channels-last view, of sorted unique `indices`.
+
+        A streamed cache reads only those images' chunks (one positioned read each, verified).
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if isinstance(self._features, np.ndarray):
+            features = self._features[indices]  # (n, H, W, C)
+        else:
+            features = self._arrays["features"].take(indices)  # (n, H, W, C)
+        return features.transpose(0, 3, 1, 2)
 
     def load(self) -> FeatureCache:
         """Read features and sq_norms into RAM once (verified); later reads cost memory time."""
@@ -200,6 +212,7 @@ class BlockReader:
         self._kept: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._local = local_layout(array)  # (folder, blosc?, crc32c?) to read whole local shards, else None
+        self._indices: dict[int, np.ndarray] = {}  # block -> its shard index, once read (16 bytes per row)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -224,6 +237,34 @@ class BlockReader:
         for block in range(self.blocks):
             out[block * self.rows:(block + 1) * self.rows] = self.block(block, keep=False)
         return out
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (sorted, unique) -> (n, ...), reading only their chunks where the layout allows."""
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self._numpy_dtype())
+        blocks = rows // self.rows
+        starts = np.flatnonzero(np.diff(blocks, prepend=-1))  # first position of each block's rows
+        for first, last in zip(starts, [*starts[1:], len(rows)]):
+            block, wanted = int(blocks[first]), rows[first:last] - int(blocks[first]) * self.rows
+            if self._local is None or self.array.shards is None or len(wanted) > self.rows // 4:
+                out[first:last] = self.block(block)[wanted]  # dense, or not a local shard: whole block
+            else:
+                out[first:last] = self._chunks(block, wanted)
+        return out
+
+    def _chunks(self, block: int, wanted: np.ndarray) -> np.ndarray:
+        """Rows `wanted` (positions in block `block`) of a local shard file, one positioned read each."""
+        key = block_key(self.array, block)
+        if block not in self._checked:  # a partial read: size and chunk checksums (the hash needs the whole file)
+            self._check_size(key, stored_size(self.array.store, key), block)
+        folder, compressed, checksum = self._local
+        try:
+            with open(folder / key, "rb") as file:
+                if block not in self._indices:
+                    self._indices[block] = read_index(file, per_shard=self.rows)
+                return read_rows(file, self._indices[block], wanted, row_shape=self.shape[1:],
+                                 dtype=self.dtype, compressed=compressed, checksum=checksum)
+        except (ValueError, OSError) as error:
+            raise self._corrupt(key, f"failed to decode ({type(error).__name__}: {error})") from error
 
     def block(self, block: int, *, keep: bool = True) -> np.ndarray:
         """All rows of block `block`, decoded and verified (the last one read is kept)."""
@@ -270,18 +311,21 @@ class BlockReader:
         """
         expected = self.digests[block] if self.digests and self.digests[block] >= 0 else None
         data = block_file(self.array.store, key) if expected is not None else None
-        size = len(data) if data is not None else stored_size(self.array.store, key)
-        recorded = self.nbytes[block] if self.nbytes else None
-        if size is None or size == 0:
-            raise self._corrupt(key, "is missing" if size is None else "is empty")
-        if recorded is not None and size != recorded:
-            raise self._corrupt(key, f"has {size} bytes, the build wrote {recorded} (truncated or altered)")
+        self._check_size(key, len(data) if data is not None else stored_size(self.array.store, key), block)
         if data is not None and digest(data) != expected:
             raise self._corrupt(key, "is not the file the build wrote at this position (its hash differs: "
                                      "altered, or another block's file copied over it)")
         with self._lock:
             self._checked.add(block)
         return data
+
+    def _check_size(self, key: str, size: int | None, block: int) -> None:
+        """The block's file exists with the byte size the build recorded."""
+        recorded = self.nbytes[block] if self.nbytes else None
+        if size is None or size == 0:
+            raise self._corrupt(key, "is missing" if size is None else "is empty")
+        if recorded is not None and size != recorded:
+            raise self._corrupt(key, f"has {size} bytes, the build wrote {recorded} (truncated or altered)")
 
     def _numpy_dtype(self) -> np.dtype:
         return np.dtype(object) if self.dtype.kind == "T" else self.dtype

@@ -6,6 +6,8 @@ go and decoding its chunks in a plain loop is several times faster. Only the lay
 builder writes is handled: sharding with the index at the end (`bytes` + `crc32c`), and inner
 codecs `bytes` (little endian), an optional `blosc`, then `crc32c` (optional too). Anything else returns None and
 the caller reads through zarr. Every checksum is verified; a problem raises `ValueError` saying what.
+`read_index` + `read_rows` read a few images of a shard (one positioned read each) for the exact
+re-scoring of two-stage search.
 """
 
 from __future__ import annotations
@@ -108,3 +110,42 @@ def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
     path = folder / key.lstrip("/")
     durable_write(path, b"".join(parts))  # synced, then renamed: readers never see half a shard
     return True
+
+
+def read_index(file, *, per_shard: int) -> np.ndarray:
+    """The (offset, length) of every chunk of an open shard file, its checksum verified: (per_shard, 2) uint64."""
+    index_size = per_shard * 16 + 4
+    size = os.fstat(file.fileno()).st_size
+    if size < index_size:
+        raise ValueError(f"the file has {size} bytes, less than its {index_size}-byte index")
+    data = os.pread(file.fileno(), index_size, size - index_size)
+    if crc32c(data[:-4]) != int.from_bytes(data[-4:], "little"):
+        raise ValueError("the shard index fails its crc32c checksum")
+    return np.frombuffer(data[:-4], dtype="<u8").reshape(per_shard, 2)
+
+
+def read_rows(file, index: np.ndarray, rows: np.ndarray, *, row_shape: tuple[int, ...], dtype: np.dtype,
+              compressed: bool, checksum: bool = True) -> np.ndarray:
+    """Only the chunks of `rows` (positions in the shard, one image each) of an open shard file: (n, *row_shape).
+
+    `index` is the shard's `read_index`. Each chunk is one positioned read, checked and decoded like
+    `read_shard` does; nothing else of the file is read.
+    """
+    out = np.empty((len(rows), *row_shape), dtype=dtype)
+    flat = out.reshape(len(rows), -1).view(np.uint8)  # (n, bytes per row)
+    tail = 4 if checksum else 0
+    for i, row in enumerate(rows):
+        offset, length = (int(v) for v in index[row])
+        if offset == EMPTY or length < tail:
+            raise ValueError(f"chunk {row} is missing from the shard index")
+        data = os.pread(file.fileno(), length, offset)
+        if len(data) != length:
+            raise ValueError(f"chunk {row} is cut short: {len(data)} of {length} bytes")
+        payload = memoryview(data)[:length - tail]
+        if checksum and crc32c(payload) != int.from_bytes(data[length - tail:], "little"):
+            raise ValueError(f"chunk {row} fails its crc32c checksum")
+        raw = blosc.decompress(payload) if compressed else payload
+        if len(raw) != flat.shape[1]:
+            raise ValueError(f"chunk {row} decodes to {len(raw)} bytes, expected {flat.shape[1]}")
+        flat[i] = np.frombuffer(raw, dtype=np.uint8)
+    return out
