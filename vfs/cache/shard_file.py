@@ -12,6 +12,7 @@ re-scoring of two-stage search.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
