@@ -19,7 +19,7 @@ from PIL import Image
 from app import drawing
 from app.editor import editor_image, editor_mask, fit_image
 from app.library import CacheLibrary
-from app.state import UNIQUE_CHOICES, Outcome, Query, SearchOptions
+from app.state import Outcome, Query, SearchOptions
 from vfs.errors import CacheMismatchError, DatasetError, MaskError
 
 Progress = Callable[[float, str], None]
@@ -192,19 +192,12 @@ def run_search(
     """Score every image's best window for the query, then rank under the options."""
     from vfs import best_windows
 
-    if options.unique not in UNIQUE_CHOICES:
-        raise DatasetError(f"unique={options.unique!r} is not an option; valid: {', '.join(UNIQUE_CHOICES)}")
     if progress:
         progress(0.1, "opening the cache")
     cache = library.open(query.cache_key)
-    if options.unique == "domain" and not cache.domains:
-        raise DatasetError("this cache has no domains: choose 'one per label' or no limit")
+    check_options(cache, options)
     subset = None
     if options.only_label:
-        if options.only_label not in cache.label_names:
-            raise DatasetError(
-                f"no label {options.only_label!r} in this cache; labels: {', '.join(cache.label_names)}"
-            )
         subset = np.flatnonzero(cache.labels == cache.label_names.index(options.only_label))
         if subset.size == 0:
             raise DatasetError(f"no image has the label {options.only_label!r}: pick another label or 'all'")
@@ -227,6 +220,16 @@ def run_search(
         features=features,
         seconds=seconds,
     )
+
+
+def check_options(cache, options: SearchOptions) -> None:
+    """Refuse options this cache cannot honour (`SearchOptions` itself checks what holds for any cache)."""
+    if options.unique == "domain" and not cache.domains:
+        raise DatasetError("this cache has no domains: choose 'one per label' or no limit")
+    if options.only_label and options.only_label not in cache.label_names:
+        raise DatasetError(
+            f"no label {options.only_label[:60]!r} in this cache; labels: {', '.join(cache.label_names)}"
+        )
 
 
 def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> list:

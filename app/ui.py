@@ -22,7 +22,16 @@ from app import editor as editor_module
 from app import exports, handlers
 from app.compare_tab import build_compare_tab
 from app.library import CacheLibrary, DefaultBuild
-from app.wiring import ALL_LABELS, COPY_EDITOR, UNIQUE_LABELS, AnalysisContext, options_from, readable
+from app.state import MAX_K
+from app.wiring import (
+    ALL_LABELS,
+    COPY_EDITOR,
+    UNIQUE_LABELS,
+    AnalysisContext,
+    QueryEditor,
+    options_from,
+    readable,
+)
 from vfs.errors import VFSError
 
 log = logging.getLogger(__name__)
@@ -220,14 +229,14 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                         example_gallery = gr.Gallery(examples, label="Example photos (uploaded queries)",
                                                      columns=4, height=120, allow_preview=False,
                                                      object_fit="cover", elem_id="vfs-examples")
-                        query_value = gr.ImageEditor(  # what the server reads: a copy made at each click
+                        query_value = QueryEditor(  # what the server reads: a copy made at each click
                             type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png",
                             visible=False, label="query (painted image)",
                         )
                     with gr.Column(scale=6):
                         with gr.Group():
                             with gr.Row():
-                                k = gr.Slider(1, 48, value=12, step=1, label="results (k)", elem_id="vfs-k",
+                                k = gr.Slider(1, MAX_K, value=12, step=1, label="results (k)", elem_id="vfs-k",
                                               min_width=160)
                                 unique = gr.Radio(list(UNIQUE_LABELS)[:2], value="no limit", label="at most",
                                                   elem_id="vfs-unique", min_width=160)

@@ -11,7 +11,9 @@ import logging
 from dataclasses import dataclass
 
 import gradio as gr
+from gradio.data_classes import FileData
 
+from app.editor import open_upload
 from app.library import CacheLibrary
 from app.state import SearchOptions
 from vfs.errors import VFSError
@@ -52,6 +54,28 @@ class AnalysisContext:
 
 
 
+class QueryEditor(gr.ImageEditor):
+    """The hidden editor the server reads (`query_value`): each image is read by `app.editor.open_upload`.
+
+    Gradio's own preprocessing decodes every upload whole before a handler runs (92 s for an
+    8000x6000 photo, a raw PIL error naming a server path for a PDF). Here the header is read first:
+    a file that is not an image, or too large, is refused with a message, and a large one arrives
+    already downscaled. Gradio calls this for the background and composite with
+    `flatten_on_white=True`, for painted layers without: layers are resized with nearest neighbours.
+    """
+
+    is_template = True  # the page draws it as an ImageEditor
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        if file is None:
+            return None
+        source = file.path if isinstance(file, FileData) else bytes(file)
+        try:
+            return open_upload(source, mask_layer=not flatten_on_white)  # (H, W, 4) uint8
+        except VFSError as error:
+            raise gr.Error(str(error), title=type(error).__name__) from None
+
+
 def readable(fn):
     """Run a handler; a library error becomes its message in a `gr.Error`, anything else a short one."""
 
@@ -74,7 +98,7 @@ def readable(fn):
 
 
 def options_from(k, exclude, unique, only_label) -> SearchOptions:
-    return SearchOptions(k=int(k), exclude_query=bool(exclude), unique=UNIQUE_LABELS.get(unique, unique),
+    return SearchOptions(k=k, exclude_query=exclude, unique=UNIQUE_LABELS.get(unique, unique),
                          only_label=None if only_label in (None, "", ALL_LABELS) else only_label)
 
 
