@@ -144,11 +144,12 @@ def open_upload(source: str | Path | bytes, *, mask_layer: bool = False, max_sid
             if max(width, height) > max_side:
                 scale = max_side / max(width, height)
                 size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                if mask_layer:
-                    image = image.convert("RGBA").resize(size, Image.Resampling.NEAREST)
-                else:
+                if not mask_layer:
                     image.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
-                    image = image.convert("RGBA").resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+                if image.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit, CMYK: resize in RGBA
+                    image = image.convert("RGBA")
+                resample = Image.Resampling.NEAREST if mask_layer else Image.Resampling.BICUBIC
+                image = image.resize(size, resample, reducing_gap=None if mask_layer else 2.0)
             return np.asarray(image.convert("RGBA"))  # (H, W, 4)
         except (OSError, ValueError, SyntaxError):  # truncated or damaged pixel data
             raise DatasetError(

@@ -283,13 +283,13 @@ def result_items(
             (thumb.height, thumb.width),
             preprocess=preprocess,
         )
-        items.append(
-            (
-                drawing.outline_window(thumb, box),
-                f"{rank_} · {label_name(cache, match.index)} · {match.score:.3f}",
-            )
-        )
+        items.append((drawing.outline_window(thumb, box), result_caption(cache, rank_, match)))
     return items
+
+
+def result_caption(cache, rank: int, match) -> str:
+    """'rank · label · score', as under each result."""
+    return f"{rank} · {label_name(cache, match.index)} · {match.score:.3f}"
 
 
 def score_plot(library: CacheLibrary, outcome: Outcome) -> dict:

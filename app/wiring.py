@@ -54,19 +54,19 @@ class AnalysisContext:
 
 
 
-class QueryEditor(gr.ImageEditor):
-    """The hidden editor the server reads (`query_value`): each image is read by `app.editor.open_upload`.
+def read_uploads_header_first(component: gr.ImageEditor) -> gr.ImageEditor:
+    """Make `component` (the hidden editor the server reads) read each image with `app.editor.open_upload`.
 
-    Gradio's own preprocessing decodes every upload whole before a handler runs (92 s for an
-    8000x6000 photo, a raw PIL error naming a server path for a PDF). Here the header is read first:
-    a file that is not an image, or too large, is refused with a message, and a large one arrives
-    already downscaled. Gradio calls this for the background and composite with
-    `flatten_on_white=True`, for painted layers without: layers are resized with nearest neighbours.
+    Gradio's own preprocessing decodes every upload whole before a handler runs (30 s and 1.8 GB for
+    an 8000x6000 photo here, a raw PIL error naming a server path for a PDF). With this the header
+    is read first: a file that is not an image, or too large, is refused with a message, and a large
+    one arrives already downscaled. Gradio reads the background and composite with
+    `flatten_on_white=True` and painted layers without: layers are resized with nearest neighbours.
+    (An instance attribute, not a subclass: gradio writes a .pyi file beside any module that
+    defines a component class.)
     """
 
-    is_template = True  # the page draws it as an ImageEditor
-
-    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+    def convert_and_format_image(file, flatten_on_white: bool = False):
         if file is None:
             return None
         source = file.path if isinstance(file, FileData) else bytes(file)
@@ -74,6 +74,9 @@ class QueryEditor(gr.ImageEditor):
             return open_upload(source, mask_layer=not flatten_on_white)  # (H, W, 4) uint8
         except VFSError as error:
             raise gr.Error(str(error), title=type(error).__name__) from None
+
+    component.convert_and_format_image = convert_and_format_image
+    return component
 
 
 def readable(fn):

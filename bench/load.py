@@ -121,7 +121,7 @@ def run_users(url: str, users: int, rounds: int, pairs, cache_key: str, k: int, 
     for user in range(users):
         folder = downloads / f"u{users}-{user}"
         folder.mkdir(parents=True, exist_ok=True)
-        clients.append(Client(url, verbose=False, download_files=str(folder)))
+        clients.append(Client(url, verbose=False, download_files=str(folder), httpx_kwargs={"timeout": 120}))
     barrier = threading.Barrier(users)
     latencies, errors, answers = [], [], []
     lock = threading.Lock()
@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rounds", type=int, default=2, help="searches per user, back to back")
-    parser.add_argument("--queries", type=int, default=4, help="distinct queries, user u asks query u mod this")
+    parser.add_argument("--queries", type=int, default=16, help="distinct queries, user u asks query u mod this")
     parser.add_argument("--k", type=int, default=12)
     args = parser.parse_args()
     root = args.cache_dir or default_root()
@@ -173,12 +173,21 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "VFS_HUB": "0"}
     command = [sys.executable, "-m", "app", "--port", str(port), "--cache-dir", str(root), "--no-default",
                "--no-hub"]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    for attempt in range(3):  # gradio gives up at start when its own 3 s check of "/" times out (busy machine)
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(url, server)
+            time.sleep(5)  # past gradio's own start-up check, which may still kill it
+            if server.poll() is None:
+                break
+        except RuntimeError:
+            pass
+        print(f"the server did not start (attempt {attempt + 1}); see {log_path}")
     try:
-        wait_ready(url, server)
-        print(f"server up (pid {server.pid}), idle RSS {rss_mb(server.pid):.0f} MB; cache {cache_key}")
+        print(f"server up (pid {server.pid}), idle RSS {rss_mb(server.pid):.0f} MB; cache {cache_key}; "
+              f"load average {os.getloadavg()[0]:.1f} (2 cores)")
         # reference: one user, each query alone (also warms the server: model, kernels, cache in RAM)
         reference = {}
         for number in range(len(pairs)):
@@ -207,7 +216,7 @@ def main() -> int:
                 stages = [m["rest"] for line in handle if (m := STAGES.search(line))]
             if stages:
                 print(f"      server, last of {len(stages)}: {stages[-1]}")
-        print(f"server log: {log_path}")
+        print(f"server log: {log_path}; load average now {os.getloadavg()[0]:.1f} (2 cores)")
     finally:
         server.terminate()
         try:

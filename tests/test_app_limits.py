@@ -18,7 +18,7 @@ import pytest
 from app_server import shared_caches
 
 import vfs
-from app import exports, handlers
+from app import editor, exports, handlers
 from app.library import CacheLibrary
 from app.state import MAX_K, MAX_MASK_SIDE, SearchOptions, SharedState, decode_state, encode_state
 from app.wiring import options_from
@@ -178,8 +178,67 @@ def test_run_search_checks_the_label_against_the_cache(library):
     image = handlers.display_image(library, FMNIST, 0)
     mask = np.zeros(image.shape[:2], bool)
     mask[100:200, 100:200] = True
-    from app import editor
-
     query, _ = handlers.read_query(library, FMNIST, editor.editor_value(image, mask))
     with pytest.raises(vfs.DatasetError, match="no label 'x' in this cache"):
         handlers.run_search(library, query, SearchOptions(only_label="x"))
+
+
+# ---- uploads (read header-first by `editor.open_upload`, which the server's hidden editor uses)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` RGB pixels and holds almost none (the header is all PIL reads first)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "width, height, message",
+    [(20000, 20000, "the image has more than"), (8000, 6000, "the image is 8000x6000 .48,000,000 pixels.; the limit")],
+)
+def test_huge_uploads_are_refused_from_their_header(tmp_path, width, height, message):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(width, height))
+    with costs_at_most(FEW_MB), pytest.raises(vfs.DatasetError, match=message) as caught:
+        editor.open_upload(str(path))
+    assert str(tmp_path) not in str(caught.value) and "downscale it" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<<>>\n%%EOF\n", "not an image this app can read"),
+        (b"", "not an image this app can read"),
+        (png_header(300, 200), "damaged"),  # a header and no pixels: a cut-off download
+    ],
+)
+def test_files_that_are_not_readable_images_are_refused_without_a_server_path(tmp_path, content, message):
+    path = tmp_path / "photo.png"  # a PDF renamed .png, an empty file, a truncated PNG
+    path.write_bytes(content)
+    with pytest.raises(vfs.DatasetError, match=message) as caught:
+        editor.open_upload(str(path))
+    assert str(tmp_path) not in str(caught.value) and "photo.png" not in str(caught.value)
+
+
+def test_large_uploads_arrive_downscaled_and_layers_keep_an_exact_mask(tmp_path):
+    from PIL import Image
+
+    photo = np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8)  # (H, W, 3)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
+    layer = np.zeros((2000, 3000, 4), np.uint8)  # (H, W, 4): one painted rectangle
+    layer[400:1200, 600:1800] = (255, 120, 0, 255)
+    Image.fromarray(layer).save(tmp_path / "layer.png")
+    background = editor.open_upload(str(tmp_path / "photo.jpg"))
+    painted = editor.open_upload((tmp_path / "layer.png").read_bytes(), mask_layer=True)  # bytes work too
+    assert background.shape == (683, 1024, 4) and painted.shape == (683, 1024, 4)
+    assert set(np.unique(painted[..., 3])) == {0, 255}  # nearest: no half-painted pixels
+    expected = np.asarray(Image.fromarray(layer[..., 3]).resize((1024, 683), Image.Resampling.NEAREST))
+    assert np.array_equal(painted[..., 3], expected)  # the same cells as resizing the mask itself
+    assert abs(int(np.mean(background[..., :3])) - int(np.mean(photo))) <= 2  # the photo, not a blank
+    small = editor.open_upload(str(tmp_path / "layer.png"), max_side=4000)  # under the limit: untouched
+    assert np.array_equal(small, layer)
