@@ -18,11 +18,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from app import drawing, handlers
+from app import drawing, editor, handlers
 from app.library import CacheLibrary
-from app.state import Outcome
+from app.state import Outcome, Query
 
 FOLDER = Path(tempfile.gettempdir()) / "vfs-pictures"  # gradio may serve files under the temp folder
 
@@ -77,3 +78,17 @@ def result_files(
             write_once(picture, name=name)
         items.append((str(path), handlers.result_caption(cache, rank, match)))
     return items
+
+
+def grid_file(library: CacheLibrary, query: Query) -> str:
+    """`handlers.grid_preview` of the query as a file, drawn once per (cache, image, mask)."""
+    cache = library.open(query.cache_key)
+    digest = hashlib.sha256(f"{cache.meta!r}|{tuple(cache.shape)}|{query.image.shape}".encode())
+    digest.update(np.ascontiguousarray(query.image).tobytes())
+    digest.update(np.packbits(query.mask).tobytes())
+    name = "grid-" + digest.hexdigest()
+    path = FOLDER / f"{name}.png"
+    if path.exists():
+        return str(path)
+    value = editor.editor_value(query.image, query.mask)
+    return write_once(handlers.grid_preview(library, query.cache_key, value), name=name)

@@ -296,7 +296,10 @@ def score_plot(library: CacheLibrary, outcome: Outcome) -> dict:
     """Vega-Lite spec of the best-window scores over every scored image, one box per label."""
     cache = library.open(outcome.query.cache_key)
     scores = np.asarray(outcome.best.scores, dtype=np.float64)
-    labels = [label_name(cache, int(index)) for index in outcome.best.indices]
+    codes = np.asarray(cache.labels)[np.asarray(outcome.best.indices)]  # (M,) label numbers
+    known = (codes >= 0) & (codes < len(cache.label_names))
+    names = np.asarray([*cache.label_names, "unlabelled"], dtype=object)  # as `label_name`, for every image
+    labels = names[np.where(known, codes, len(cache.label_names))].tolist()
     marks = [
         {"rank": rank_, "label": label_name(cache, match.index), "score": match.score}
         for rank_, match in enumerate(outcome.matches, start=1)

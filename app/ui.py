@@ -21,7 +21,7 @@ from PIL import Image
 from app import editor as editor_module
 from app import exports, handlers
 from app.compare_tab import build_compare_tab
-from app.files import result_files, write_once
+from app.files import grid_file, result_files
 from app.library import CacheLibrary, DefaultBuild
 from app.state import MAX_K
 from app.wiring import (
@@ -138,7 +138,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
             share = exports.share_string(library, outcome)
         except VFSError as error:
             share = str(error)
-        grid = write_once(handlers.grid_preview(library, key, value))
+        grid = grid_file(library, query)  # the query as searched (downscaled if it was)
         times.append(("grid", time.perf_counter()))
         log.info("search handler: %.3f s in all (%s; %.3f s scoring)", times[-1][1] - times[0][1],
                  ", ".join(f"{name} {end - begin:.3f}" for (_, begin), (name, end) in zip(times, times[1:])),

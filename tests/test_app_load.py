@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from test_app_limits import png_header
 
-from app import files, handlers
+from app import editor, files, handlers
 from app.library import CacheLibrary
 from app.state import Query, SearchOptions
 
@@ -95,6 +95,10 @@ def test_result_pictures_are_rendered_once_and_never_rewritten(library):
     for (path, caption), (picture, expected_caption) in zip(first, handlers.result_items(library, outcome)):
         assert caption == expected_caption
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(picture))  # the same pixels
+    grid = files.grid_file(library, query)
+    assert files.grid_file(library, query) == grid
+    preview = handlers.grid_preview(library, FMNIST, editor.editor_value(image, mask))
+    assert np.array_equal(np.asarray(Image.open(grid).convert("RGB")), np.asarray(preview.convert("RGB")))
 
 
 @pytest.mark.parametrize(
