@@ -18,6 +18,7 @@ from vfs.errors import DatasetError
 
 MAX_SIDE = 1024  # an upload with a longer side than this is downscaled to it first
 MAX_PIXELS = 40_000_000  # an upload with more pixels than this is refused
+MAX_UPLOAD_MB = 30  # gradio refuses a bigger file before any handler sees it (`launch(max_file_size=...)`)
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # what an upload may be (PIL names)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from app import drawing
-from app.editor import editor_image, editor_mask, fit_image
+from app.editor import FORMATS, MAX_PIXELS, MAX_UPLOAD_MB, editor_image, editor_mask, fit_image
 from app.library import CacheLibrary
 from app.state import Outcome, Query, SearchOptions
 from vfs.errors import CacheMismatchError, DatasetError, MaskError
@@ -99,7 +99,9 @@ def read_query(
     image = editor_image(value)
     if image is None:
         raise DatasetError(
-            "there is no query image: pick one from the dataset, upload one, or use an example"
+            "there is no query image: pick one from the dataset, upload one, or use an example. An "
+            "upload the editor cannot show never reaches the server: it must be an image file "
+            f"({', '.join(FORMATS)}) of at most {MAX_PIXELS:,} pixels and {MAX_UPLOAD_MB} MB"
         )
     mask = editor_mask(value, shape=image.shape[:2])
     notes = []

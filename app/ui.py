@@ -37,7 +37,7 @@ from vfs.errors import VFSError
 
 log = logging.getLogger(__name__)
 PER_PAGE = 24
-MAX_UPLOAD = "30mb"  # gradio refuses bigger uploads before they reach a handler
+MAX_UPLOAD = f"{editor_module.MAX_UPLOAD_MB}mb"  # gradio refuses bigger uploads before they reach a handler
 
 
 CSS = """
