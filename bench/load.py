@@ -178,12 +178,13 @@ def main() -> int:
         with open(log_path, "w") as log:
             server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_ready(url, server)
+            wait_ready(url, server, timeout=600)
             time.sleep(5)  # past gradio's own start-up check, which may still kill it
             if server.poll() is None:
                 break
-        except RuntimeError:
-            pass
+        except (RuntimeError, TimeoutError):
+            server.kill()
+            server.wait()
         print(f"the server did not start (attempt {attempt + 1}); see {log_path}")
     try:
         print(f"server up (pid {server.pid}), idle RSS {rss_mb(server.pid):.0f} MB; cache {cache_key}; "
