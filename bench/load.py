@@ -179,7 +179,8 @@ def main() -> int:
             server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_ready(url, server, timeout=600)
-            time.sleep(5)  # past gradio's own start-up check, which may still kill it
+            while server.poll() is None and "To create a public link" not in log_path.read_text():
+                time.sleep(0.5)  # gradio prints that once its own start-up check of "/" passed
             if server.poll() is None:
                 break
         except (RuntimeError, TimeoutError):
