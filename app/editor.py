@@ -7,14 +7,19 @@ of alpha > 0. No gradio here.
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from app import drawing
 from vfs.errors import DatasetError
 
 MAX_SIDE = 1024  # an upload with a longer side than this is downscaled to it first
 MAX_PIXELS = 40_000_000  # an upload with more pixels than this is refused
+MAX_UPLOAD_MB = 30  # gradio refuses a bigger file before any handler sees it (`launch(max_file_size=...)`)
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # what an upload may be (PIL names)
 
 
 def editor_image(value: dict | np.ndarray | None) -> np.ndarray | None:
@@ -100,6 +105,57 @@ def fit_image(
     if mask is not None:
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return small, mask, f"the image was {width}x{height}; it was downscaled to {size[0]}x{size[1]}"
+
+
+def open_upload(source: str | Path | bytes, *, mask_layer: bool = False, max_side: int = MAX_SIDE) -> np.ndarray:
+    """An uploaded image file as (H, W, 4) uint8 RGBA, at most `max_side` on its longer side.
+
+    The header is read first (PIL opens lazily): a file that is not an image of `FORMATS`, or one
+    with more than MAX_PIXELS pixels, is refused before any pixel is decoded; a larger one is decoded
+    already shrunk (JPEG's DCT scaling via `draft`, then an integer box `reduce`) and resized, so an
+    8000x6000 photo costs well under a second. `mask_layer` resizes with nearest neighbours, so a
+    painted layer's alpha (the mask) stays exactly 0 or what was painted. Messages never name the
+    server's file.
+    """
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source)
+    except Image.DecompressionBombError:
+        raise DatasetError(
+            f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; the limit is {MAX_PIXELS:,}: "
+            f"downscale it (about {max_side} px on the longer side is plenty) and upload again"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise DatasetError(
+            f"this file is not an image this app can read (it reads {', '.join(FORMATS)}); a PDF or "
+            "a document renamed to .png is not an image: export a PNG or JPEG and upload that"
+        ) from None
+    with image:
+        width, height = image.size
+        if image.format not in FORMATS:
+            raise DatasetError(
+                f"this file is a {image.format} image; this app reads {', '.join(FORMATS)}: "
+                "save it as PNG or JPEG and upload again"
+            )
+        if width * height > MAX_PIXELS:
+            raise DatasetError(
+                f"the image is {width}x{height} ({width * height:,} pixels); the limit is {MAX_PIXELS:,} "
+                f"pixels: downscale it (about {max_side} px on the longer side is plenty) and upload again"
+            )
+        try:
+            if max(width, height) > max_side:
+                scale = max_side / max(width, height)
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                if not mask_layer:
+                    image.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
+                if image.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit, CMYK: resize in RGBA
+                    image = image.convert("RGBA")
+                resample = Image.Resampling.NEAREST if mask_layer else Image.Resampling.BICUBIC
+                image = image.resize(size, resample, reducing_gap=None if mask_layer else 2.0)
+            return np.asarray(image.convert("RGBA"))  # (H, W, 4)
+        except (OSError, ValueError, SyntaxError):  # truncated or damaged pixel data
+            raise DatasetError(
+                f"this {image.format} file is damaged (its pixels cannot be decoded): export it again and upload"
+            ) from None
 
 
 def editor_value(image: np.ndarray, mask: np.ndarray | None = None) -> dict:

@@ -153,6 +153,7 @@ def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, han
             f"image #{state.index} of {state.cache_key!r} is {cache.ids[state.index]!r}, not {state.image_id!r} "
             "as when the state was made: the cache changed; make a new state string"
         )
+    handlers.check_options(cache, state.options)
     image = handlers.display_image(library, state.cache_key, state.index)
     mask = state.mask
     if mask.shape != image.shape[:2]:

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from app import drawing
-from app.editor import editor_image, editor_mask, fit_image
+from app.editor import FORMATS, MAX_PIXELS, MAX_UPLOAD_MB, editor_image, editor_mask, fit_image
 from app.library import CacheLibrary
-from app.state import UNIQUE_CHOICES, Outcome, Query, SearchOptions
+from app.state import Outcome, Query, SearchOptions
 from vfs.errors import CacheMismatchError, DatasetError, MaskError
 
 Progress = Callable[[float, str], None]
@@ -99,7 +99,9 @@ def read_query(
     image = editor_image(value)
     if image is None:
         raise DatasetError(
-            "there is no query image: pick one from the dataset, upload one, or use an example"
+            "there is no query image: pick one from the dataset, upload one, or use an example. An "
+            "upload the editor cannot show never reaches the server: it must be an image file "
+            f"({', '.join(FORMATS)}) of at most {MAX_PIXELS:,} pixels and {MAX_UPLOAD_MB} MB"
         )
     mask = editor_mask(value, shape=image.shape[:2])
     notes = []
@@ -192,19 +194,12 @@ def run_search(
     """Score every image's best window for the query, then rank under the options."""
     from app import gpu
 
-    if options.unique not in UNIQUE_CHOICES:
-        raise DatasetError(f"unique={options.unique!r} is not an option; valid: {', '.join(UNIQUE_CHOICES)}")
     if progress:
         progress(0.1, "opening the cache")
     cache = library.open(query.cache_key)
-    if options.unique == "domain" and not cache.domains:
-        raise DatasetError("this cache has no domains: choose 'one per label' or no limit")
+    check_options(cache, options)
     subset = None
     if options.only_label:
-        if options.only_label not in cache.label_names:
-            raise DatasetError(
-                f"no label {options.only_label!r} in this cache; labels: {', '.join(cache.label_names)}"
-            )
         subset = np.flatnonzero(cache.labels == cache.label_names.index(options.only_label))
         if subset.size == 0:
             raise DatasetError(f"no image has the label {options.only_label!r}: pick another label or 'all'")
@@ -258,6 +253,14 @@ def approximate_note(cache, options: SearchOptions, best) -> str | None:
     from vfs.retrieval.two_stage import approximate_label
 
     return approximate_label(options.candidates, int(cache.shape[0]))
+def check_options(cache, options: SearchOptions) -> None:
+    """Refuse options this cache cannot honour (`SearchOptions` itself checks what holds for any cache)."""
+    if options.unique == "domain" and not cache.domains:
+        raise DatasetError("this cache has no domains: choose 'one per label' or no limit")
+    if options.only_label and options.only_label not in cache.label_names:
+        raise DatasetError(
+            f"no label {options.only_label[:60]!r} in this cache; labels: {', '.join(cache.label_names)}"
+        )
 
 
 def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> list:
@@ -311,20 +314,23 @@ def result_items(
             (thumb.height, thumb.width),
             preprocess=preprocess,
         )
-        items.append(
-            (
-                drawing.outline_window(thumb, box),
-                f"{rank_} · {label_name(cache, match.index)} · {match.score:.3f}",
-            )
-        )
+        items.append((drawing.outline_window(thumb, box), result_caption(cache, rank_, match)))
     return items
+
+
+def result_caption(cache, rank: int, match) -> str:
+    """'rank · label · score', as under each result."""
+    return f"{rank} · {label_name(cache, match.index)} · {match.score:.3f}"
 
 
 def score_plot(library: CacheLibrary, outcome: Outcome) -> dict:
     """Vega-Lite spec of the best-window scores over every scored image, one box per label."""
     cache = library.open(outcome.query.cache_key)
     scores = np.asarray(outcome.best.scores, dtype=np.float64)
-    labels = [label_name(cache, int(index)) for index in outcome.best.indices]
+    codes = np.asarray(cache.labels)[np.asarray(outcome.best.indices)]  # (M,) label numbers
+    known = (codes >= 0) & (codes < len(cache.label_names))
+    names = np.asarray([*cache.label_names, "unlabelled"], dtype=object)  # as `label_name`, for every image
+    labels = names[np.where(known, codes, len(cache.label_names))].tolist()
     marks = [
         {"rank": rank_, "label": label_name(cache, match.index), "score": match.score}
         for rank_, match in enumerate(outcome.matches, start=1)

@@ -6,25 +6,60 @@ Plain data: no gradio here, so handlers, tests and the analysis tab share these 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from vfs.errors import DatasetError
+from app.editor import MAX_SIDE
+from vfs.errors import DatasetError, SearchError
 
 UNIQUE_CHOICES = ("none", "label", "domain")  # at most one result per ... ("none": no limit)
+MAX_K = 48  # the most results one search shows (the app's k slider runs 1..MAX_K)
+MAX_LABEL_CHARS = 200  # longer than any label name of a real dataset
 STATE_VERSION = 1
+# A share string is a few hundred bytes to a few kB; these bounds keep a hostile one as cheap to refuse:
+MAX_STATE_CHARS = 256_000  # the pasted string, base64 text
+MAX_STATE_JSON = 512_000  # its inflated JSON (the mask field is the bulk: 1024x1024 random bits ~ 180 kB)
+MAX_MASK_SIDE = MAX_SIDE  # a query is never larger than this on either side (uploads are downscaled to it)
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    k: int = 12  # how many results to show
+    k: int = 12  # how many results to show, 1..MAX_K
     exclude_query: bool = True  # leave the query image itself out of the results
     unique: str = "none"  # "none", "label" or "domain": at most one result per label/domain
     only_label: str | None = None  # keep only images with this label name; None keeps all
     candidates: int = 0  # two-stage search (approximate): images re-scored exactly; 0 = exact search
+
+    def __post_init__(self):
+        """Refuse what no control of the app can send (the API and share strings can): SearchError."""
+        k = self.k
+        if isinstance(k, float) and k.is_integer():  # a slider may send 12.0
+            k = int(k)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+            raise SearchError(f"k={self.k!r} is not a number of results: use a whole number from 1 to {MAX_K}")
+        object.__setattr__(self, "k", int(k))
+        if not isinstance(self.exclude_query, bool | np.bool_):
+            raise SearchError(f"exclude_query={self.exclude_query!r} must be true or false")
+        object.__setattr__(self, "exclude_query", bool(self.exclude_query))
+        if self.unique not in UNIQUE_CHOICES:
+            raise SearchError(f"unique={self.unique!r} is not an option; valid: {', '.join(UNIQUE_CHOICES)}")
+        candidates = self.candidates
+        if isinstance(candidates, float) and candidates.is_integer():  # a number box may send 300.0
+            candidates = int(candidates)
+        if isinstance(candidates, bool) or not isinstance(candidates, int | np.integer) or candidates < 0:
+            raise SearchError(f"candidates={self.candidates!r} must be 0 (exact search) or a whole number of "
+                              "images to re-score exactly (two-stage search)")
+        object.__setattr__(self, "candidates", int(candidates))
+        label = self.only_label
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL_CHARS):
+            raise SearchError(
+                f"only_label must be a label name (text of at most {MAX_LABEL_CHARS} characters), not "
+                f"{type(label).__name__} {str(label)[:40]!r}: pick one of the cache's labels"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,36 +112,103 @@ def encode_state(state: SharedState) -> str:
 
 
 def decode_state(text: str) -> SharedState:
-    """Inverse of `encode_state`; a damaged or foreign string raises `DatasetError` saying so."""
+    """Inverse of `encode_state`; a damaged, foreign or oversized string raises `DatasetError` saying so.
+
+    Bounded: a string of n characters costs O(n + MAX_STATE_JSON) bytes and never more than a
+    MAX_MASK_SIDE x MAX_MASK_SIDE mask, whatever it declares or however well it compresses.
+    """
+    if not isinstance(text, str | None):
+        raise DatasetError("a state string is text: paste a string made with 'Share this query'")
+    if len(text or "") > MAX_STATE_CHARS:  # before any copy of it
+        raise DatasetError(
+            f"this state string is {len(text):,} characters; one made with 'Share this query' is at most "
+            f"{MAX_STATE_CHARS:,}: copy the string again (only it, whole)"
+        )
     text = (text or "").strip()
     if not text:
         raise DatasetError("the state box is empty: paste a string made with 'Share this query'")
+    raw = _inflate(_unbase64(text, "the string"), MAX_STATE_JSON, "the string")
     try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         payload = json.loads(raw)
-        height, width = payload["mask_shape"]
-        packed = np.frombuffer(zlib.decompress(base64.urlsafe_b64decode(payload["mask"])), dtype=np.uint8)
-        mask = np.unpackbits(packed, count=height * width).astype(bool).reshape(height, width)
-        options = SearchOptions(**payload.get("options", {}))
-        version = payload.get("v")
-        state = SharedState(
-            cache_key=str(payload["cache"]),
-            revision=payload.get("rev"),
-            index=int(payload["index"]),
-            image_id=payload.get("id"),
-            image_size=(int(payload["size"][0]), int(payload["size"][1])),
-            mask=mask,
-            options=options,
-        )
-    except Exception as error:  # noqa: BLE001 -- any damage to the string reads the same to the user
-        raise DatasetError(
-            f"could not read this state string ({type(error).__name__}): copy the whole string "
-            "from 'Share this query' and paste it again"
-        ) from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _damaged("it is not the JSON a share string holds") from None
+    if not isinstance(payload, dict):
+        raise _damaged("it holds no query")
+    version = payload.get("v")
     if version != STATE_VERSION:
         raise DatasetError(
-            f"state string version {version!r} is not supported; this app reads version {STATE_VERSION}"
+            f"state string version {version!r} is not supported; this app reads version {STATE_VERSION}: "
+            "make the string again with 'Share this query'"
         )
-    if options.unique not in UNIQUE_CHOICES:
-        raise DatasetError(f"state string asks unique={options.unique!r}; valid: {', '.join(UNIQUE_CHOICES)}")
-    return state
+    height, width = _size(payload.get("mask_shape"), "mask_shape")
+    packed = _inflate(_unbase64(_field(payload, "mask", str, "text"), "the mask"), -(-height * width // 8), "the mask")
+    if len(packed) != -(-height * width // 8):
+        raise _damaged(f"its mask holds {len(packed) * 8} bits, not the {height}x{width} it declares")
+    mask = np.unpackbits(np.frombuffer(packed, np.uint8), count=height * width)  # (H*W,) uint8
+    options = payload.get("options", {})
+    if not isinstance(options, dict) or not set(options) <= {f.name for f in fields(SearchOptions)}:
+        raise _damaged(f"its options are not {', '.join(f.name for f in fields(SearchOptions))}")
+    try:
+        options = SearchOptions(**options)
+    except SearchError as error:
+        raise DatasetError(f"this state string asks for options the app does not have: {error}") from None
+    index = payload.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise _damaged(f"its image index {repr(index)[:20]} is not a whole number >= 0")
+    return SharedState(
+        cache_key=_field(payload, "cache", str, "text"),
+        revision=_field(payload, "rev", str | None, "text or null"),
+        index=index,
+        image_id=_field(payload, "id", str | None, "text or null"),
+        image_size=_size(payload.get("size"), "size"),
+        mask=mask.astype(bool).reshape(height, width),  # (H, W)
+        options=options,
+    )
+
+
+def _damaged(what: str) -> DatasetError:
+    return DatasetError(
+        f"could not read this state string: {what}. Copy the whole string from 'Share this query' and paste it again"
+    )
+
+
+def _unbase64(text: str, what: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise _damaged(f"{what} is not URL-safe base64") from None
+
+
+def _inflate(data: bytes, limit: int, what: str) -> bytes:
+    """zlib-decompress at most `limit` bytes: data that inflates further is refused, not inflated."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit)
+    except zlib.error:
+        raise _damaged(f"{what} is not zlib-compressed") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise _damaged(f"{what} inflates to more than {limit:,} bytes or is cut short")
+    return out
+
+
+def _field(payload: dict, name: str, kind, kind_name: str):
+    value = payload.get(name)
+    if not isinstance(value, kind):
+        raise _damaged(f"its field {name!r} is missing or not {kind_name}")
+    return value
+
+
+def _size(value, name: str) -> tuple[int, int]:
+    """A (height, width) pair of whole numbers in 1..MAX_MASK_SIDE, or a readable DatasetError."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) for side in value)
+    ):
+        raise _damaged(f"its {name} is not a [height, width] pair")
+    if not all(1 <= side <= MAX_MASK_SIDE for side in value):
+        raise DatasetError(
+            f"this state string declares a {value[0]}x{value[1]} image; a query is at most "
+            f"{MAX_MASK_SIDE}x{MAX_MASK_SIDE}: make the string again with 'Share this query'"
+        )
+    return int(value[0]), int(value[1])

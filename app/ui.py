@@ -21,13 +21,23 @@ from PIL import Image
 from app import editor as editor_module
 from app import exports, handlers
 from app.compare_tab import build_compare_tab
+from app.files import grid_file, result_files
 from app.library import CacheLibrary, DefaultBuild
-from app.wiring import ALL_LABELS, COPY_EDITOR, UNIQUE_LABELS, AnalysisContext, options_from, readable
+from app.state import MAX_K
+from app.wiring import (
+    ALL_LABELS,
+    COPY_EDITOR,
+    UNIQUE_LABELS,
+    AnalysisContext,
+    options_from,
+    read_uploads_header_first,
+    readable,
+)
 from vfs.errors import VFSError
 
 log = logging.getLogger(__name__)
 PER_PAGE = 24
-MAX_UPLOAD = "30mb"  # gradio refuses bigger uploads before they reach a handler
+MAX_UPLOAD = f"{editor_module.MAX_UPLOAD_MB}mb"  # gradio refuses bigger uploads before they reach a handler
 
 
 CSS = """
@@ -109,25 +119,31 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                progress=gr.Progress()):  # noqa: B008
         if not key:
             raise gr.Error("no cache is selected: pick one in the 'Cache' list first")
-        started = time.perf_counter()
+        times = [("start", time.perf_counter())]
         progress(0.05, desc="reading the query")
         query, notes = handlers.read_query(library, key, value, picked)
+        times.append(("query", time.perf_counter()))
         outcome = handlers.run_search(library, query, options_from(k, exclude, unique, only_label, candidates),
                                       progress=lambda fraction, text: progress(fraction, desc=text))
+        times.append(("search", time.perf_counter()))
         progress(0.8, desc="drawing the results")
         for note in notes:
             gr.Warning(note)
         if len(outcome.matches) < outcome.options.k:
             gr.Warning(f"only {len(outcome.matches)} images fit the options (asked for {outcome.options.k})")
-        items = handlers.result_items(library, outcome)
+        items = result_files(library, outcome)  # written once: never rewritten while one streams
+        times.append(("pictures", time.perf_counter()))
         plot = PlotData(type="altair", plot=_json(handlers.score_plot(library, outcome)))
+        times.append(("plot", time.perf_counter()))
         try:
             share = exports.share_string(library, outcome)
         except VFSError as error:
             share = str(error)
-        grid = handlers.grid_preview(library, key, value)
-        took = time.perf_counter() - started
-        log.info("search handler: %.3f s in all, %.3f s scoring", took, outcome.seconds)
+        grid = grid_file(library, query)  # the query as searched (downscaled if it was)
+        times.append(("grid", time.perf_counter()))
+        log.info("search handler: %.3f s in all (%s; %.3f s scoring)", times[-1][1] - times[0][1],
+                 ", ".join(f"{name} {end - begin:.3f}" for (_, begin), (name, end) in zip(times, times[1:])),
+                 outcome.seconds)
         return items, handlers.search_summary(library, outcome), grid, plot, share, outcome, query
 
     @readable
@@ -221,14 +237,14 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                         example_gallery = gr.Gallery(examples, label="Example photos (uploaded queries)",
                                                      columns=4, height=120, allow_preview=False,
                                                      object_fit="cover", elem_id="vfs-examples")
-                        query_value = gr.ImageEditor(  # what the server reads: a copy made at each click
+                        query_value = read_uploads_header_first(gr.ImageEditor(  # what the server reads:
                             type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png",
-                            visible=False, label="query (painted image)",
-                        )
+                            visible=False, label="query (painted image)",  # a copy made at each click
+                        ))
                     with gr.Column(scale=6):
                         with gr.Group():
                             with gr.Row():
-                                k = gr.Slider(1, 48, value=12, step=1, label="results (k)", elem_id="vfs-k",
+                                k = gr.Slider(1, MAX_K, value=12, step=1, label="results (k)", elem_id="vfs-k",
                                               min_width=160)
                                 unique = gr.Radio(list(UNIQUE_LABELS)[:2], value="no limit", label="at most",
                                                   elem_id="vfs-unique", min_width=160)

@@ -11,9 +11,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,35 +71,53 @@ def wait_ready(url: str, process: subprocess.Popen, *, timeout: float = 180) -> 
 
 @contextmanager
 def running_app(cache_dir: Path, *, log_path: Path | None = None, extra_args: tuple[str, ...] = ()):
-    """`python -m app` on a free port over `cache_dir` (no default build, no Hub); yields its URL."""
-    port = free_port()
+    """`python -m app` on a free port over `cache_dir` (no default build, no Hub); yields its URL.
+
+    Gradio checks at start that its page answers within 3 s and exits when it does not (on a busy
+    machine it may not): the app counts as started once it printed that the check passed, and a
+    start that died is tried again, up to 3 times.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "VFS_HUB": "0"}
-    command = [
-        sys.executable,
-        "-m",
-        "app",
-        "--port",
-        str(port),
-        "--cache-dir",
-        str(cache_dir),
-        "--no-default",
-        "--no-hub",
-        *extra_args,
-    ]
-    with ExitStack() as stack:
-        log = stack.enter_context(open(log_path, "w")) if log_path else subprocess.DEVNULL
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = log_path or Path(tempfile.mkdtemp(prefix="vfs-app-")) / "server.log"
+    for attempt in range(3):
+        port = free_port()
+        command = [sys.executable, "-m", "app", "--port", str(port), "--cache-dir", str(cache_dir),
+                   "--no-default", "--no-hub", *extra_args]
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, process)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            deadline = time.monotonic() + 60  # gradio's check gives up after 5 tries of 3 s
+            while process.poll() is None and GRADIO_STARTED not in log_path.read_text():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)  # polling interval, not a wait for readiness
+            if process.poll() is None:
+                break
+        except (RuntimeError, TimeoutError):
+            if attempt == 2:
+                _stop(process)
+                raise
+        _stop(process)
+    else:
+        raise RuntimeError(f"the app did not start in 3 attempts; its log: {log_path}")
+    try:
+        yield url
+    finally:
+        _stop(process)
+
+
+GRADIO_STARTED = "To create a public link"  # what gradio prints once its start-up check passed
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # Debian chromium driven by Playwright (never `playwright install`); flags keep it off the network.
