@@ -50,11 +50,12 @@ class Outcome:
 class SharedState:
     cache_key: str  # library key of the cache
     revision: str | None  # Hub revision of the cache, None for a local one
-    index: int  # dataset index of the query image
+    index: int | None  # dataset index of the query image; None for an upload
     image_id: str | None  # its id (checked on load, so a re-ordered cache is caught)
     image_size: tuple[int, int]  # (height, width) of the displayed image the mask was painted on
     mask: np.ndarray = field(repr=False)  # (H, W) bool
     options: SearchOptions = SearchOptions()
+    upload: str | None = None  # an upload's digest (`app.uploads`), kept by the server that made the string
 
 
 def encode_state(state: SharedState) -> str:
@@ -64,7 +65,8 @@ def encode_state(state: SharedState) -> str:
         "v": STATE_VERSION,
         "cache": state.cache_key,
         "rev": state.revision,
-        "index": int(state.index),
+        "index": None if state.index is None else int(state.index),
+        "upload": state.upload,
         "id": state.image_id,
         "size": [int(s) for s in state.image_size],
         "mask_shape": [int(s) for s in state.mask.shape],
@@ -91,7 +93,8 @@ def decode_state(text: str) -> SharedState:
         state = SharedState(
             cache_key=str(payload["cache"]),
             revision=payload.get("rev"),
-            index=int(payload["index"]),
+            index=None if payload["index"] is None else int(payload["index"]),
+            upload=None if payload.get("upload") is None else str(payload["upload"]),
             image_id=payload.get("id"),
             image_size=(int(payload["size"][0]), int(payload["size"][1])),
             mask=mask,
@@ -106,6 +109,9 @@ def decode_state(text: str) -> SharedState:
         raise DatasetError(
             f"state string version {version!r} is not supported; this app reads version {STATE_VERSION}"
         )
+    if (state.index is None) == (state.upload is None):
+        raise DatasetError("this state string names neither a dataset image nor an upload (or both): "
+                           "make it again with 'Share this query'")
     if options.unique not in UNIQUE_CHOICES:
         raise DatasetError(f"state string asks unique={options.unique!r}; valid: {', '.join(UNIQUE_CHOICES)}")
     return state
