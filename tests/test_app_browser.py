@@ -18,7 +18,7 @@ import pytest
 from app_server import ARTIFACTS, BROWSER_MARKS, paint, wait_for_first_image
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
-CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
+CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<score>-?\d\.\d{3}) · (?P<label>.+)$")
 pytestmark = BROWSER_MARKS
 
 
