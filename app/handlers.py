@@ -317,7 +317,8 @@ def search_summary(library: CacheLibrary, outcome: Outcome) -> str:
     source = f"dataset image #{outcome.query.index}" if outcome.query.index is not None else "uploaded image"
     cells = int(np.count_nonzero(outcome.weights))
     count = len(outcome.matches)
+    meta = cache.meta
     return (
-        f"{count} result{'' if count == 1 else 's'} for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
+        f"{count} result{'' if count == 1 else 's'} in {meta.model} `{meta.layer}` · {meta.dataset} for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
         f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms"
     )

@@ -41,7 +41,19 @@ class SearchActions:
         """`shown` is the digest of the image put in the editor: the editor reports a value set by the
         server as an upload too, and `put_upload` leaves that one alone."""
         grid = handlers.grid_preview(self.library, key, value) if key else None
-        return value, value, picked, grid, caption, uploads.digest(editor_module.editor_image(value))
+        image = editor_module.editor_image(value)
+        return value, value, picked, grid, caption + self._crop_note(key, image), uploads.digest(image)
+
+    def _crop_note(self, key, image) -> str:
+        """Where the model looks, when its centre crop leaves part of `image` out (else nothing)."""
+        if not key or image is None:
+            return ""
+        height, width = image.shape[:2]
+        top, left, bottom, right = self.library.preprocess(self.library.open(key)).crop_box(height, width)
+        if top <= 0.5 and left <= 0.5 and bottom >= height - 0.5 and right >= width - 0.5:
+            return ""
+        return (f" · the model sees only its centre, x {left:.0f}-{right:.0f}, y {top:.0f}-{bottom:.0f} of "
+                f"{width}x{height} (bright in 'What the model sees'): paint inside it")
 
     def put_image(self, key, index, caption=None):
         if not key:

@@ -159,7 +159,7 @@ def test_click_overlays_cover_both_layers(setup):
     elsewhere = np.asarray(items[3][0])[side // 4, side * 3 // 4].astype(int)  # cell (0, 1): veiled
     original = np.asarray(shown.images[0])[side // 4, side * 3 // 4].astype(int)
     veil = np.array(analysis.VEIL)  # the veil shows on a black background as on a bright one
-    assert np.abs(elsewhere - veil).sum() < np.abs(original - veil).sum() - 30
+    assert np.abs(elsewhere - veil).sum() < np.abs(original - veil).sum()  # moved towards the veil
 
 
 def test_cell_at_and_click_overlays(setup):

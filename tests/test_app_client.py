@@ -71,7 +71,7 @@ def test_search_endpoint_matches_the_handlers(client, app_caches, tmp_path):
     for rank, caption in enumerate(captions, start=1):
         parts = CAPTION.match(caption)
         assert parts and int(parts["rank"]) == rank and parts["label"] in cache.label_names
-    assert "6 results for the uploaded image" in summary
+    assert summary.startswith("6 results in efficientnet_lite0 `blocks.5`") and "for the uploaded image" in summary
 
 
 def test_empty_mask_is_a_message_not_a_trace(client, app_caches, tmp_path):

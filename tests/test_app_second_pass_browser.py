@@ -64,7 +64,7 @@ def test_results_are_legible_at_1400_and_800_px(page, app_url):
     assert "dataset image #5" in page.locator("#vfs-summary").inner_text()  # a pick, not an upload
     for width in (1400, 800):
         page.set_viewport_size({"width": width, "height": 1100})
-        page.wait_for_function("document.querySelector('#vfs-plot svg, #vfs-plot canvas')")
+        page.wait_for_function("document.querySelector('#vfs-plot .marks')")
         shown = page.evaluate(CAPTIONS, "#vfs-results")
         assert len(shown) == 12
         for rank, (text, cut) in enumerate(shown, start=1):
@@ -72,7 +72,7 @@ def test_results_are_legible_at_1400_and_800_px(page, app_url):
             assert parts and int(parts["rank"]) == rank, text
             assert not cut, f"caption {text!r} is cut at {width} px"
         panel = page.locator("#vfs-plot").bounding_box()
-        chart = page.locator("#vfs-plot svg, #vfs-plot canvas").first.bounding_box()
+        chart = page.locator("#vfs-plot .marks").first.bounding_box()
         assert panel["x"] - 1 <= chart["x"] and chart["x"] + chart["width"] <= panel["x"] + panel["width"] + 1
         assert 0 <= chart["x"] and chart["x"] + chart["width"] <= width  # the y-axis and the last label on screen
         editor = page.locator("#vfs-editor").bounding_box()
@@ -107,12 +107,12 @@ def test_a_result_is_walked_to_and_the_link_runs_the_query_on_open(page, app_url
     walked = captions(page)
     link = page.locator("#vfs-link textarea, #vfs-link input").first.input_value()
     assert "?state=" in link
-    opened = page.context.new_page()  # a colleague opens the link: the query runs with no click
-    opened.goto(link)
-    opened.wait_for_function(f"document.querySelectorAll('#vfs-results .caption-label').length == {len(walked)}")
-    assert captions(opened) == walked
-    assert f"#{index} " in opened.locator("#vfs-picked").inner_text()
-    shot(opened, "app-shared-link.png")
+    page.goto(link)  # a colleague opens the link (a new page session): the query runs with no click
+    page.wait_for_function(f"document.querySelectorAll('#vfs-results .caption-label').length == {len(walked)}")
+    assert captions(page) == walked
+    assert f"#{index} " in page.locator("#vfs-picked").inner_text()
+    assert f"dataset image #{index} " in page.locator("#vfs-summary").inner_text()
+    shot(page, "app-shared-link.png")
 
 
 def test_cache_choice_upload_across_caches_and_the_compare_default(page, app_url):
