@@ -148,3 +148,33 @@ def test_cache_choice_upload_across_caches_and_the_compare_default(page, app_url
     starred = [sum(text.startswith("★ ") for text in captions(page, side)) for side in ("#vfs-results-a", "#vfs-results-b")]
     assert starred == [shared, shared]
     shot(page, "app-compare-default.png")
+
+
+# the components showing gradio's "Error" badge (each status tracker's error line, when shown)
+ERROR_BADGES = """() => [...document.querySelectorAll('[data-testid=status-tracker] span.error')]
+  .filter((badge) => badge.offsetParent !== null && badge.innerText.trim())
+  .map((badge) => badge.closest('[id]')?.id || '?')"""
+
+
+def test_an_error_shows_once_clear_canvas_forgets_the_image_and_k_shows_what_ran(page, app_url):
+    page.goto(app_url)
+    open_dataset_image(page, 2)
+    page.locator("#vfs-search").click()  # nothing painted: one message, in one place
+    page.locator(".toast-body", has_text="mask is empty").first.wait_for()
+    assert page.evaluate(ERROR_BADGES) == ["vfs-message"]
+    page.locator(".toast-close").first.click()
+    page.locator("#vfs-random").click()  # the next action clears it
+    page.wait_for_function("!document.querySelector('#vfs-picked').innerText.includes('#2 ')")
+    assert page.evaluate(ERROR_BADGES) == []
+
+    page.locator("#vfs-editor button[aria-label='Clear canvas']").click()
+    page.wait_for_function("document.querySelector('#vfs-picked').innerText.startsWith('Pick an image')")
+
+    open_dataset_image(page, 4)
+    page.locator("#vfs-k input[type=number]").fill("0")  # below the slider's minimum
+    page.locator("#vfs-k input[type=number]").press("Enter")
+    paint_and_search(page, STROKE)
+    count = len(captions(page))
+    assert page.locator("#vfs-summary").inner_text().startswith(f"{count} result{'' if count == 1 else 's'} in ")
+    assert page.locator("#vfs-k input[type=number]").input_value() == str(count)  # the k that ran
+    shot(page, "app-k-shown.png")
