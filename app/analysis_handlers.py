@@ -19,12 +19,15 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageDraw
 
+from app.handlers import label_name
 from app.library import CacheLibrary
 from app.state import Outcome
 from vfs.errors import SearchError, VFSError
 
 SIDE = 192  # pixels of each shown image (model view)
 POINTED = (255, 221, 0)  # outline of the pointed cell
+VEIL = (30, 60, 200)  # the overlays' colour over dissimilar cells: reads on dark images as on bright ones
+VEIL_OPACITY = 0.75  # of the veil over the least similar cell shown (similar cells stay untouched)
 ANGLES = (-45, -30, -15, 0, 15, 30, 45)
 SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
 SHOWN_SIDE = 150  # CSS pixels of each figure in the hover overlays (two layers per image)
@@ -79,7 +82,7 @@ def shown_images(library: CacheLibrary, outcome: Outcome | None, *, count: int =
     for rank, match in enumerate(outcome.matches[:count], start=1):
         images.append(model_view(cache.thumbnail(match.index), preprocess, side=side))
         features.append(np.asarray(cache[match.index : match.index + 1], dtype=np.float32)[0])  # (C, h, w)
-        captions.append(f"#{rank} · image {match.index} · {match.score:.3f}")
+        captions.append(f"#{rank} · {match.score:.3f} · {label_name(cache, match.index)} · image {match.index}")
         indices.append(match.index)
     return Shown(outcome.query.cache_key, images, np.stack(features), captions, indices,  # features (N, C, h, w)
                  layer=cache.meta.layer)
@@ -198,15 +201,16 @@ def overlay_html(shown: Shown | None) -> str:
 
 
 def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *, floor: float) -> Image.Image:
-    """`image` darkened where `grid` (h, w) cosine is low: 1 keeps it bright, `floor` (the lowest cosine
-    shown) is nearly black, as the page script draws it. The pointed cell is outlined."""
+    """`image` veiled in `VEIL` where `grid` (h, w) cosine is low: 1 leaves it untouched, `floor` (the lowest
+    cosine shown) gets `VEIL_OPACITY`, as the page script draws it. A coloured veil, not black, so the
+    overlay reads on dark images (Fashion-MNIST's black backgrounds) too. The pointed cell is outlined."""
     h, w = grid.shape
     floor = min(floor, 0.99)
-    dark = np.clip((1.0 - grid) / (1.0 - floor), 0.0, 1.0) * 0.9  # (h, w) opacity of black
-    alpha = Image.fromarray((dark * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
-    black = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    black.putalpha(alpha)
-    out = Image.alpha_composite(image.convert("RGBA"), black).convert("RGB")
+    veiled = np.clip((1.0 - grid) / (1.0 - floor), 0.0, 1.0) * VEIL_OPACITY  # (h, w) opacity of the veil
+    alpha = Image.fromarray((veiled * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
+    veil = Image.new("RGBA", image.size, (*VEIL, 0))
+    veil.putalpha(alpha)
+    out = Image.alpha_composite(image.convert("RGBA"), veil).convert("RGB")
     if cell is not None:
         side_y, side_x = image.height / h, image.width / w
         top, left = cell[0] * side_y, cell[1] * side_x
@@ -286,7 +290,8 @@ def rerank_items(library: CacheLibrary, outcome: Outcome | None, *, pooling: str
     matches = rerank_region(outcome.features, outcome.weights, cache, pooling=pooling, k=k, exclude=exclude)
     preprocess = library.preprocess(cache)
     return [(model_view(cache.thumbnail(m.index), preprocess),
-             f"image {m.index} · region {m.score:.3f} · whole {m.similarity:.3f}") for m in matches]
+             f"image {m.index} · {label_name(cache, m.index)} · region {m.score:.3f} · whole {m.similarity:.3f}")
+            for m in matches]
 
 
 def sensitivity_spec(library: CacheLibrary, outcome: Outcome | None, row: int, col: int, *,

@@ -18,6 +18,8 @@ from app.wiring import AnalysisContext, readable
 
 # Runs once in the browser when the HTML component mounts; `element` is its root. Listeners sit on the
 # root, so they survive re-renders of the value; the payload is re-read whenever it changes.
+# the veil's colour and opacity, the same as the server's click overlays draw (`analysis._shade`)
+VEIL_JS = f"const VEIL = '{','.join(map(str, analysis.VEIL))}', VEIL_OPACITY = {analysis.VEIL_OPACITY};\n"
 OVERLAY_JS = r"""
 const memo = { text: null, data: null, bytes: null, started: null };
 function payload() {
@@ -41,7 +43,7 @@ function shade(m, k, image, row, col) {
   const { h, w } = m.data.layers[k];
   const n = m.data.n, cells = h * w, bytes = m.bytes[k];
   const pointed = image * cells + row * w + col;
-  // shading is stretched from the lowest cosine shown (black) to 1 (untouched)
+  // the veil is stretched from the lowest cosine shown (VEIL at VEIL_OPACITY) to 1 (untouched)
   let low = 255;
   for (let q = pointed * n * cells; q < (pointed + 1) * n * cells; q++) low = Math.min(low, bytes[q]);
   const floor = Math.min(low / 127.5 - 1, 0.99);
@@ -55,8 +57,8 @@ function shade(m, k, image, row, col) {
     for (let r = 0; r < h; r++) {
       for (let c = 0; c < w; c++) {
         const cosine = bytes[base + r * w + c] / 127.5 - 1;
-        const dark = Math.min(Math.max((1 - cosine) / (1 - floor), 0), 1) * 0.9;
-        ctx.fillStyle = 'rgba(0,0,0,' + dark.toFixed(3) + ')';
+        const veiled = Math.min(Math.max((1 - cosine) / (1 - floor), 0), 1) * VEIL_OPACITY;
+        ctx.fillStyle = 'rgba(' + VEIL + ',' + veiled.toFixed(3) + ')';
         const x = Math.round(c * cw), y = Math.round(r * ch);  // cells abut: no overlap draws seams
         ctx.fillRect(x, y, Math.round((c + 1) * cw) - x, Math.round((r + 1) * ch) - y);
       }
@@ -135,7 +137,7 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
                     "holding the same image position in the other.")
         second = gr.Dropdown([], value=None, label="second layer (none: the cache's layer only)",
                              elem_id="vfs-ov-layer2", interactive=True)
-        overlays = gr.HTML(analysis.overlay_html(None), js_on_load=OVERLAY_JS, elem_id="vfs-overlays")
+        overlays = gr.HTML(analysis.overlay_html(None), js_on_load=VEIL_JS + OVERLAY_JS, elem_id="vfs-overlays")
     with gr.Accordion("Overlays by clicking (without the page script)", open=False), gr.Row():
         query_view = gr.Image(label="click a cell of the query", type="pil", interactive=False,
                               elem_id="vfs-ov-query", height=260)
@@ -221,7 +223,8 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
         return _plot(spec), text
 
     refresh_outputs = [shown, overlays, query_view, clicked, cell, second]
-    ctx.searched.then(refresh, [ctx.results], refresh_outputs, api_name=False, show_progress="hidden")
+    for searched in ctx.searched:
+        searched.then(refresh, [ctx.results], refresh_outputs, api_name=False, show_progress="hidden")
     second.input(relayer, [ctx.results, shown, second, cell], [shown, overlays, clicked], api_name=False)
     query_view.select(click, [shown], [clicked, cell], api_name=False)
     why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why")

@@ -41,6 +41,24 @@ class Comparison:
         return sides[0], sides[1]
 
 
+def default_pair(library: CacheLibrary) -> tuple[str | None, str | None]:
+    """The pair Compare preselects: the default caches' pair (`vfs.cache.defaults.COMPARE_PAIR`, one
+    dataset at two layers) when both are listed, else the first two listed caches of one dataset;
+    `(None, None)` when no two listed caches share a dataset."""
+    from vfs.cache.defaults import COMPARE_PAIR, DEFAULTS, folder_name
+
+    entries = [entry for entry in library.entries if entry.fingerprint]
+    by_folder = {entry.path.name: entry.key for entry in entries if entry.path is not None}
+    wanted = [by_folder.get(folder_name(DEFAULTS[name])) for name in COMPARE_PAIR]
+    if all(wanted):
+        return wanted[0], wanted[1]
+    for position, left in enumerate(entries):
+        for right in entries[position + 1 :]:
+            if left.fingerprint == right.fingerprint:
+                return left.key, right.key
+    return None, None
+
+
 def check_comparable(library: CacheLibrary, left_key: str, right_key: str) -> None:
     """Both caches must index the same dataset (same fingerprint), else a readable error."""
     left, right = library.open(left_key).meta, library.open(right_key).meta

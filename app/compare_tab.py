@@ -58,5 +58,6 @@ def build_compare_tab(library: CacheLibrary, choices: list[tuple[str, str]], que
     read_editor(compare_button.click).success(
         run_compare, [left_key, right_key, *query_inputs],
         [summary, left_grid, right_grid, left_results, right_results], api_name="compare",
+        show_progress_on=[summary],  # progress and an error show once, on the summary (not on five panels)
     )
     return left_key, right_key

@@ -107,7 +107,7 @@ def score_boxplot_spec(scores: np.ndarray, labels: list[str], *, marks: list[dic
         rows.append({"label": name, "n": int(group.size), **box_stats(group)})
     order = [row["label"] for row in rows]
     x = {"field": "label", "type": "nominal", "sort": order, "title": None, "axis": {"labelAngle": -35}}
-    y_scale = {"zero": False}
+    y_scale = {"zero": False, "padding": 10}  # 10 px above the best score: points near 1.0 stay whole
     layers = [
         {
             "mark": {"type": "rule", "color": "#888"},

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app import editor, handlers
+from app import editor, handlers, uploads
 from app.library import CacheLibrary
 from app.state import Outcome, SharedState, decode_state, encode_state
 from vfs.errors import DatasetError
@@ -122,13 +122,9 @@ def export_results(
 
 
 def share_string(library: CacheLibrary, outcome: Outcome) -> str:
-    """The string that reproduces the last query (dataset images only: an upload has no id to point at)."""
+    """The string that reproduces the last query: a dataset image by index and id, an upload by the
+    digest under which this server keeps its pixels (`app.uploads`, for the server's lifetime)."""
     query = outcome.query
-    if query.index is None:
-        raise DatasetError(
-            "an uploaded image cannot be shared as a state string (it is not in the dataset): "
-            "pick the query from the dataset to get a shareable query"
-        )
     entry = library.entry(query.cache_key)
     return encode_state(
         SharedState(
@@ -139,14 +135,19 @@ def share_string(library: CacheLibrary, outcome: Outcome) -> str:
             image_size=tuple(query.image.shape[:2]),
             mask=query.mask,
             options=outcome.options,
+            upload=uploads.remember(query.image) if query.index is None else None,
         )
     )
 
 
-def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, handlers.Picked]:
-    """Decode a share string and rebuild its editor value (image + painted mask) and picked image."""
+def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, handlers.Picked | None]:
+    """Decode a share string and rebuild its editor value (image + painted mask) and picked image
+    (None for an upload)."""
     state = decode_state(text)
     cache = library.open(state.cache_key)
+    if state.upload is not None:
+        image = uploads.recall(state.upload)
+        return state, editor.editor_value(image, _fit_mask(state.mask, image)), None
     handlers.check_index(cache, state.index)
     if state.image_id is not None and cache.ids[state.index] != state.image_id:
         raise DatasetError(
@@ -155,8 +156,12 @@ def load_state(library: CacheLibrary, text: str) -> tuple[SharedState, dict, han
         )
     handlers.check_options(cache, state.options)
     image = handlers.display_image(library, state.cache_key, state.index)
-    mask = state.mask
-    if mask.shape != image.shape[:2]:
-        mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))
     picked = handlers.Picked(cache_key=state.cache_key, index=state.index, image_id=cache.ids[state.index])
-    return state, editor.editor_value(image, mask), picked
+    return state, editor.editor_value(image, _fit_mask(state.mask, image)), picked
+
+
+def _fit_mask(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """`mask` (h, w) resized (nearest) to `image`'s (H, W) when the image is shown at another size."""
+    if mask.shape == image.shape[:2]:
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))

@@ -124,19 +124,24 @@ def read_query(
     return Query(cache_key=cache_key, image=image, mask=mask, index=index, image_id=image_id), notes
 
 
-_upload_features: dict[tuple[str, str, str], np.ndarray] = {}
+_upload_features: dict[tuple, np.ndarray] = {}  # (model, layer, preprocess, image digest) -> (C, h, w)
 
 
 def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
-    """(C, h, w) float32 features of the query: the cached row for a dataset image, else extracted."""
+    """(C, h, w) float32 features of the query: the cached row for a dataset image, else extracted.
+
+    An upload's features are kept per (model, layer, preprocess, pixels): two caches of one model and
+    layer built at different input sizes give different grids for the same image.
+    """
     cache = library.open(query.cache_key)
     if query.index is not None:
         return np.asarray(cache[query.index : query.index + 1], dtype=np.float32)[0]  # (C, h, w)
     meta = cache.meta
+    preprocess = library.preprocess(cache)
     digest = hashlib.sha1(query.image.tobytes() + str(query.image.shape).encode()).hexdigest()
-    key = (meta.model, meta.layer, digest)
+    key = (meta.model, meta.layer, preprocess, digest)
     if key not in _upload_features:
-        extractor = library.extractor(meta.model, meta.layer, preprocess=library.preprocess(cache))
+        extractor = library.extractor(meta.model, meta.layer, preprocess=preprocess)
         features = extractor(Image.fromarray(query.image))  # (1, C, h, w)
         features = np.asarray(features, dtype=np.float32)[0]  # (C, h, w)
         if features.shape != tuple(cache.shape[1:]):
@@ -293,10 +298,16 @@ def rank(best, cache, options: SearchOptions, *, exclude: int | None = None) -> 
     return matches
 
 
+def caption(rank: int, score: float, label: str) -> str:
+    """A result's caption, "3 · 0.912 · Ankle boot": the score before the label, so a narrow gallery
+    that cuts the caption's end cuts the label, never the score."""
+    return f"{rank} · {score:.3f} · {label}"
+
+
 def result_items(
     library: CacheLibrary, outcome: Outcome, *, side: int = drawing.RESULT_SIDE
 ) -> list[tuple[Image.Image, str]]:
-    """Gallery items: each match's thumbnail with its window outlined, captioned 'rank · label · score'."""
+    """Gallery items: each match's thumbnail with its window outlined, captioned by `caption`."""
     from vfs import window_to_box
 
     cache = library.open(outcome.query.cache_key)
@@ -319,8 +330,8 @@ def result_items(
 
 
 def result_caption(cache, rank: int, match) -> str:
-    """'rank · label · score', as under each result."""
-    return f"{rank} · {label_name(cache, match.index)} · {match.score:.3f}"
+    """'rank · score · label', as under each result (`caption`)."""
+    return caption(rank, match.score, label_name(cache, match.index))
 
 
 def score_plot(library: CacheLibrary, outcome: Outcome) -> dict:
@@ -342,8 +353,10 @@ def search_summary(library: CacheLibrary, outcome: Outcome) -> str:
     cache = library.open(outcome.query.cache_key)
     source = f"dataset image #{outcome.query.index}" if outcome.query.index is not None else "uploaded image"
     cells = int(np.count_nonzero(outcome.weights))
+    count = len(outcome.matches)
+    meta = cache.meta
     summary = (
-        f"{len(outcome.matches)} results for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
+        f"{count} result{'' if count == 1 else 's'} in {meta.model} `{meta.layer}` · {meta.dataset} for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
         f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms"
     )
     note = approximate_note(cache, outcome.options, outcome.best)

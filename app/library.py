@@ -30,6 +30,7 @@ class CacheEntry:
     path: Path | None  # local folder of the cache; None for a Hub cache not yet opened
     repo: str | None = None  # catalog name (or repo id) of a Hub cache, for hub_caches.open
     revision: str | None = None  # Hub revision (a commit sha where the catalog pins one)
+    fingerprint: str | None = None  # dataset fingerprint of a local cache (two caches of one dataset share it)
 
 
 def describe(cache) -> str:
@@ -86,11 +87,12 @@ class CacheLibrary:
         for folder in find_local_caches(self.root):
             key = folder.relative_to(self.root).as_posix()
             try:
-                title = describe(open_cache(folder))
+                cache = open_cache(folder)
+                title = describe(cache)
             except (VFSError, OSError) as error:  # an unfinished or damaged cache is skipped; a bug is not
                 log.warning("skipping cache %s: %s", folder, error)
                 continue
-            entries[key] = CacheEntry(key=key, title=title, path=folder)
+            entries[key] = CacheEntry(key=key, title=title, path=folder, fingerprint=cache.meta.dataset_fingerprint)
         if self.hub:
             entries.update({entry.key: entry for entry in hub_entries()})
         with self._lock:
@@ -239,7 +241,8 @@ class DefaultBuild:
     """Builds the offline default caches in a background thread, keeping a line of progress to show.
 
     `vfs.cache.defaults.ensure_default_caches(root, progress=...)` does the work; whatever it reports
-    is kept as text in `message`, so the page can show it while the build runs.
+    is kept as text in `message`, so the page can show it while the build runs; each finished cache
+    lands in `paths` at once, so the page can list it while the others build.
     """
 
     def __init__(self, root: Path | str):
@@ -248,7 +251,7 @@ class DefaultBuild:
         self.fraction = 0.0  # of all the default builds, for a progress bar
         self.done = False
         self.error: str | None = None
-        self.paths: dict[str, Path] = {}
+        self.paths: dict[str, Path] = {}  # default name -> folder, for each cache usable so far
         self._thread: threading.Thread | None = None
 
     def start(self) -> DefaultBuild:
@@ -273,13 +276,23 @@ class DefaultBuild:
         try:
             from vfs.cache.defaults import ensure_default_caches
 
-            self.paths = dict(ensure_default_caches(self.root, progress=self.report))
+            ensure_default_caches(self.root, progress=self.report, ready=self.paths.__setitem__)
             self.message = "default caches ready"
         except Exception as error:  # shown on the page; the app still serves other caches
             log.exception("default cache build failed")
             self.error = f"{type(error).__name__}: {error}"
         finally:
             self.done = True
+
+    def page_status(self) -> tuple[str, int, bool]:
+        """What the page shows of the build: (status line, caches ready so far, still running)."""
+        if not self.done:
+            status = (f"**Building the default caches** (first start only; each is listed as soon as it is "
+                      f"ready: {len(self.paths)} of them so far) <progress value='{self.fraction:.3f}' "
+                      f"max='1'></progress> {self.message}")
+            return status, len(self.paths), True
+        status = f"**The default cache build failed:** {self.error}" if self.error else ""
+        return status, len(self.paths), False
 
     def wait(self, timeout: float | None = None) -> bool:
         if self._thread is not None:

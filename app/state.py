@@ -86,11 +86,12 @@ class Outcome:
 class SharedState:
     cache_key: str  # library key of the cache
     revision: str | None  # Hub revision of the cache, None for a local one
-    index: int  # dataset index of the query image
+    index: int | None  # dataset index of the query image; None for an upload
     image_id: str | None  # its id (checked on load, so a re-ordered cache is caught)
     image_size: tuple[int, int]  # (height, width) of the displayed image the mask was painted on
     mask: np.ndarray = field(repr=False)  # (H, W) bool
     options: SearchOptions = SearchOptions()
+    upload: str | None = None  # an upload's digest (`app.uploads`), kept by the server that made the string
 
 
 def encode_state(state: SharedState) -> str:
@@ -100,7 +101,8 @@ def encode_state(state: SharedState) -> str:
         "v": STATE_VERSION,
         "cache": state.cache_key,
         "rev": state.revision,
-        "index": int(state.index),
+        "index": None if state.index is None else int(state.index),
+        "upload": state.upload,
         "id": state.image_id,
         "size": [int(s) for s in state.image_size],
         "mask_shape": [int(s) for s in state.mask.shape],
@@ -153,12 +155,19 @@ def decode_state(text: str) -> SharedState:
     except SearchError as error:
         raise DatasetError(f"this state string asks for options the app does not have: {error}") from None
     index = payload.get("index")
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
         raise _damaged(f"its image index {repr(index)[:20]} is not a whole number >= 0")
+    upload = _field(payload, "upload", str | None, "text or null") if "upload" in payload else None
+    if upload is not None and len(upload) > 128:
+        raise _damaged("its upload digest is too long")
+    if (index is None) == (upload is None):
+        raise DatasetError("this state string names neither a dataset image nor an upload (or both): "
+                           "make it again with 'Share this query'")
     return SharedState(
         cache_key=_field(payload, "cache", str, "text"),
         revision=_field(payload, "rev", str | None, "text or null"),
         index=index,
+        upload=upload,
         image_id=_field(payload, "id", str | None, "text or null"),
         image_size=_size(payload.get("size"), "size"),
         mask=mask.astype(bool).reshape(height, width),  # (H, W)

@@ -49,8 +49,9 @@ class AnalysisContext:
     query: gr.State          # value: app.state.Query | None, the query of the last search
     results: gr.State        # value: app.state.Outcome | None, the last search: .matches (list[vfs.Match]),
                              # .best (vfs.BestWindows), .weights (h, w), .features (C, h, w), .options
-    searched: object         # the Search event (a gradio Dependency): `ctx.searched.then(fn, ...)`
-                             # runs after each search
+    searched: tuple          # every event that runs a search (gradio Dependencies: the Search button, a
+                             # result explored, the history, a shared link): `for event in ctx.searched:
+                             # event.then(fn, ...)` runs after each search
 
 
 

@@ -65,7 +65,7 @@ def main() -> int:
                     " const done = empty || (s.includes(wanted) && !/\\d\\.\\ds/.test(s)"
                     " && document.querySelectorAll('#vfs-results .caption-label').length > 0);"
                     " return done && performance.now() - window.vfsClicked; }",
-                    arg=[f"results for the dataset image #{attempt + 1} "],
+                    arg=[f"for the dataset image #{attempt + 1} "],
                     polling="raf",
                 ).json_value() / 1000
                 if not page.locator(".toast-body", has_text="mask is empty").count():

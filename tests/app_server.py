@@ -179,3 +179,22 @@ def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
     for fx, fy in points[1:]:
         page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=2)
     page.mouse.up()
+
+
+def paint_and_search(page, points: list[tuple[float, float]], *, tries: int = 3) -> None:
+    """Paint `points` on `#vfs-editor`, press Search and wait for a new summary; paint again when the
+    stroke was lost (made while the editor was still loading its image: "mask is empty")."""
+    for _ in range(tries):
+        before = page.locator("#vfs-summary").inner_text()
+        paint(page, "#vfs-editor", points)
+        page.locator("#vfs-search").click()
+        page.wait_for_function(
+            "([before]) => [...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes("
+            "'mask is empty')) || ((document.querySelector('#vfs-summary')?.innerText || '') !== before"
+            " && document.querySelectorAll('#vfs-results .caption-label').length > 0)",
+            arg=[before],
+        )
+        if not page.locator(".toast-body", has_text="mask is empty").count():
+            return
+        page.locator(".toast-close").first.click()
+    raise AssertionError(f"{tries} strokes in a row were lost: the editor never took its image")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from app import analysis_handlers as analysis
 from app.state import Outcome, Query, SearchOptions
@@ -155,8 +156,10 @@ def test_click_overlays_cover_both_layers(setup):
     side = analysis.SIDE
     pointed = np.asarray(items[3][0])[side * 3 // 4, side // 4]  # centre of 2x2 cell (1, 0): cosine 1
     assert pointed.tolist() == np.asarray(shown.images[0])[side * 3 // 4, side // 4].tolist()
-    elsewhere = np.asarray(items[3][0])[side // 4, side * 3 // 4].astype(int)  # cell (0, 1): darkened
-    assert elsewhere.sum() < np.asarray(shown.images[0])[side // 4, side * 3 // 4].astype(int).sum()
+    elsewhere = np.asarray(items[3][0])[side // 4, side * 3 // 4].astype(int)  # cell (0, 1): veiled
+    original = np.asarray(shown.images[0])[side // 4, side * 3 // 4].astype(int)
+    veil = np.array(analysis.VEIL)  # the veil shows on a black background as on a bright one
+    assert np.abs(elsewhere - veil).sum() < np.abs(original - veil).sum()  # moved towards the veil
 
 
 def test_cell_at_and_click_overlays(setup):
@@ -187,3 +190,13 @@ def test_why_factor_rerank_and_sensitivity(setup):
     spec, text = analysis.sensitivity_spec(library, outcome, 1, 2, kind="rotate")
     values = {row["step"]: row["cosine"] for row in spec["data"]["values"]}
     assert values[0.0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_overlays_read_on_a_black_image():
+    """A black veil over dissimilar cells was invisible on dark images (Fashion-MNIST's backgrounds)."""
+    black = Image.new("RGB", (40, 40))
+    grid = np.array([[1.0, 0.2], [0.6, 0.2]])  # (2, 2) cosines; the lowest shown is 0.2
+    shaded = np.asarray(analysis._shade(black, grid, None, floor=0.2)).astype(int)  # (40, 40, 3)
+    assert shaded[10, 10].sum() == 0  # cosine 1: untouched
+    assert shaded[10, 30].sum() > 100 and shaded[30, 10].sum() > 40  # dissimilar cells visibly coloured
+    assert shaded[10, 30].sum() > shaded[30, 10].sum()  # the less similar, the stronger

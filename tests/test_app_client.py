@@ -17,7 +17,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in
 pytestmark = pytest.mark.slow  # starts a server (10-25 s here)
 
 FMNIST = "fmnist-blocks5"
-CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<label>.+) · (?P<score>-?\d\.\d{3})$")
+CAPTION = re.compile(r"^(?P<rank>\d+) · (?P<score>-?\d\.\d{3}) · (?P<label>.+)$")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_search_endpoint_matches_the_handlers(client, app_caches, tmp_path):
     for rank, caption in enumerate(captions, start=1):
         parts = CAPTION.match(caption)
         assert parts and int(parts["rank"]) == rank and parts["label"] in cache.label_names
-    assert "6 results for the uploaded image" in summary
+    assert summary.startswith("6 results in efficientnet_lite0 `blocks.5`") and "for the uploaded image" in summary
 
 
 def test_empty_mask_is_a_message_not_a_trace(client, app_caches, tmp_path):
@@ -97,7 +97,7 @@ def test_picked_query_is_shared_and_loads_back(client, app_caches, tmp_path):
     client.predict(FMNIST, 12, api_name="/open_image")  # the session now holds the pick
     mask = np.zeros(image.shape[:2], bool)
     mask[100:300, 50:200] = True
-    _, summary, _, _, share = client.predict(
+    outputs = client.predict(
         FMNIST,
         editor_argument(image, mask, tmp_path),
         4,
@@ -106,8 +106,9 @@ def test_picked_query_is_shared_and_loads_back(client, app_caches, tmp_path):
         "all labels",
         api_name="/search",
     )
+    summary, share = outputs[1], outputs[4]
     assert "dataset image #12" in summary
-    key, value, k, exclude, unique, only_label, _, picked, candidates = client.predict(share, api_name="/load_state")
+    key, value, _, _, picked, k, exclude, unique, only_label, candidates = client.predict(share, api_name="/load_state")
     assert (key, k, exclude, unique, only_label, candidates) == (FMNIST, 4, True, "one per label", "all labels", 0)
     assert "#12" in picked
     layer = np.asarray(Image.open(value["layers"][0]))  # the client hands back downloaded file paths

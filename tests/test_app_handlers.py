@@ -236,7 +236,7 @@ def test_results_show_the_window_outlined(library):
     cache = library.open(FMNIST3)
     preprocess = library.preprocess(cache)
     for rank, ((image, caption), match) in enumerate(zip(items, outcome.matches), start=1):
-        assert caption == f"{rank} · {handlers.label_name(cache, match.index)} · {match.score:.3f}"
+        assert caption == f"{rank} · {match.score:.3f} · {handlers.label_name(cache, match.index)}"
         top, left, _, right = vfs.window_to_box(
             match.row,
             match.col,

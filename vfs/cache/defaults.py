@@ -21,7 +21,14 @@ Fashion-MNIST test set (10,000 images) through `efficientnet_lite0` at `blocks.4
 scikit-image's photos (19 images) through the same model and layer at its usual 224 px (resize 256,
 crop 224) give a 14 x 14 grid: large photos deserve finer windows, and it builds in seconds.
 
-    paths = ensure_default_caches()            # {"fashion-mnist": Path, "skimage-photos": Path}
+The Compare tab's default pair: Fashion-MNIST again at `blocks.3` (stage 4 of 7, 80 channels, the
+same stride 16, so the same 7 x 7 grid and the same painted cells as `blocks.4`): one model, two
+depths, the question a researcher asks first ("does the deeper layer find parts or textures?").
+It is built last, after the two caches the Search tab needs, so the first search waits no longer
+than before; `ready(name, path)` is called as each cache is done, so the app lists each at once.
+`COMPARE_PAIR` names the two that Compare preselects.
+
+    paths = ensure_default_caches()  # {"fashion-mnist": Path, "skimage-photos": Path, "fashion-mnist-blocks3": Path}
 """
 
 from __future__ import annotations
@@ -45,10 +52,17 @@ class DefaultCache:
     resize: int | None        # shorter side before the centre crop (None: the model's ratio)
 
 
-DEFAULTS: dict[str, DefaultCache] = {
+DEFAULTS: dict[str, DefaultCache] = {  # built in this order
     "fashion-mnist": DefaultCache("fashion-mnist:test", "blocks.4", 112, 112),
     "skimage-photos": DefaultCache("skimage-photos", "blocks.4", 224, None),
+    "fashion-mnist-blocks3": DefaultCache("fashion-mnist:test", "blocks.3", 112, 112),
 }
+COMPARE_PAIR = ("fashion-mnist", "fashion-mnist-blocks3")  # what the Compare tab preselects (left, right)
+
+
+def folder_name(spec: DefaultCache) -> str:
+    """The cache's folder under the root, e.g. "fashion-mnist-efficientnet_lite0-blocks.4-112"."""
+    return f"{spec.dataset.split(':')[0].split('[')[0]}-{MODEL}-{spec.layer}-{spec.input_size}"
 
 
 def default_root() -> Path:
@@ -57,11 +71,13 @@ def default_root() -> Path:
 
 
 def ensure_default_caches(root: Path | None = None, *,
-                          progress: Callable[[float, str], None] | None = None) -> dict[str, Path]:
+                          progress: Callable[[float, str], None] | None = None,
+                          ready: Callable[[str, Path], None] | None = None) -> dict[str, Path]:
     """Build the default caches that are missing or unfinished under `root`; return name -> cache folder.
 
     Finished caches are reused as they are (nothing is recomputed); an interrupted build resumes.
-    `progress(fraction, message)` is called as the builds advance (fraction over all of them).
+    `progress(fraction, message)` is called as the builds advance (fraction over all of them);
+    `ready(name, path)` once per cache as soon as it is usable (those already built first).
     """
     from vfs.cache.reader import open_cache
     from vfs.errors import CacheError, CacheMismatchError
@@ -69,13 +85,16 @@ def ensure_default_caches(root: Path | None = None, *,
 
     root = Path(root).expanduser() if root is not None else default_root()
     root.mkdir(parents=True, exist_ok=True)
-    paths = {name: root / f"{name}-{MODEL}-{spec.layer}-{spec.input_size}" for name, spec in DEFAULTS.items()}
+    paths = {name: root / folder_name(spec) for name, spec in DEFAULTS.items()}
     missing = []
     for name, spec in DEFAULTS.items():
         try:
             open_cache(paths[name], model=MODEL, layer=spec.layer, in_memory=False)
         except CacheError:  # absent, unfinished, or built otherwise: build, resume or replace
             missing.append(name)
+        else:
+            if ready is not None:
+                ready(name, paths[name])
     sizes = {name: len(open_dataset(DEFAULTS[name].dataset)) for name in missing}
     total, before = max(1, sum(sizes.values())), 0
     model = load_model(MODEL) if missing else None
@@ -92,6 +111,8 @@ def ensure_default_caches(root: Path | None = None, *,
         except CacheMismatchError:  # built by another version of these defaults: the app owns it, replace it
             build_cache(model, spec.layer, spec.dataset, paths[name], overwrite=True, **options)
         before += sizes[name]
+        if ready is not None:
+            ready(name, paths[name])
     if progress is not None:
         progress(1.0, "default caches ready")
     return paths

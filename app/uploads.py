@@ -1,0 +1,53 @@
+"""Uploaded query images kept by content hash while the server runs, so an upload can be shared.
+
+A share string (`app.state`) names a dataset image by index and id; an upload has neither, so the
+server keeps its pixels under a hash of them and the string names the hash. The images live in
+this process's memory: a link to an upload works until the server restarts (or until `KEPT` newer
+uploads have pushed it out), and says so when it no longer does. No gradio here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from vfs.errors import DatasetError
+
+KEPT = 64  # uploads kept (the oldest is dropped first); at most ~0.8 MB each at 512 px a side
+_images: OrderedDict[str, np.ndarray] = OrderedDict()  # digest -> (H, W, 3) uint8, read-only
+_lock = threading.Lock()
+
+
+def digest(image: np.ndarray) -> str:
+    """The name of `image` (H, W, 3) uint8: 16 hex digits of the SHA-256 of its shape and pixels."""
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()[:16]
+
+
+def remember(image: np.ndarray) -> str:
+    """Keep `image` (H, W, 3) uint8 for later links; return its digest."""
+    name = digest(image)
+    with _lock:
+        if name not in _images:
+            kept = np.array(image, dtype=np.uint8)  # a private copy
+            kept.flags.writeable = False
+            _images[name] = kept
+        _images.move_to_end(name)
+        while len(_images) > KEPT:
+            _images.popitem(last=False)
+    return name
+
+
+def recall(name: str) -> np.ndarray:
+    """The image kept as `name`; `DatasetError` when this server no longer holds it."""
+    with _lock:
+        image = _images.get(str(name))
+    if image is None:
+        raise DatasetError(
+            f"the uploaded image of this link ({name}) is not on this server any more: uploads are kept "
+            f"in memory only while the server runs (the last {KEPT}); upload the image again and make a new link"
+        )
+    return image
