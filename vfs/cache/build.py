@@ -304,11 +304,15 @@ class _Reporter:
 
 
 def index_command(argv: list[str]) -> int:
-    """`python -m vfs index --model NAME --layer LAYER --dataset SPEC --out PATH`: build or resume a cache."""
+    """`python -m vfs index [--model NAME | --module PKG.MOD:FACTORY] [--weights PATH] --layer LAYER --dataset SPEC
+    --out PATH`: build or resume a cache."""
+    from vfs.models.arguments import add_model_arguments, model_from_arguments
+
     parser = argparse.ArgumentParser(prog="python -m vfs index", description=index_command.__doc__)
-    parser.add_argument("--model", default="efficientnet_lite0", help="model name (default efficientnet_lite0)")
+    add_model_arguments(parser)
     parser.add_argument("--layer", required=True, help="layer name; `python -m vfs layers` lists them")
-    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH, hf:NAME_OR_PATH[:split]")
     parser.add_argument("--out", required=True, type=Path, help="cache folder (resumed if unfinished)")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--batch-size", type=int, default=32)
@@ -320,7 +324,7 @@ def index_command(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    path = build_cache(args.model, args.layer, args.dataset, args.out, dtype=args.dtype,
+    path = build_cache(model_from_arguments(args), args.layer, args.dataset, args.out, dtype=args.dtype,
                        batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
                        codec=args.codec, shard_size=args.shard_size)
     print(f"cache ready: {path}")
