@@ -169,3 +169,13 @@ def test_a_model_that_cannot_be_rebuilt_is_explained(world, monkeypatch, capsys)
     assert run(world, monkeypatch, "labels", world / "searched-cache", "--queries", spec,
                "--module", "tinynet:make", "--weights", "random") == 1  # other weights than the cache's
     assert "cannot rebuild" in capsys.readouterr().err
+
+
+def test_search_command_takes_the_model_from_the_command_line(world, monkeypatch, capsys):
+    from vfs.demo import search_command
+
+    monkeypatch.chdir(world)
+    monkeypatch.syspath_prepend(str(world))
+    assert search_command(["--module", "tinynet:make", "--layer", "1", "--query", "chelsea", "--k", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("tiny (") and "layer 1" in printed
