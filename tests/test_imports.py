@@ -13,7 +13,7 @@ LIGHT = """
 import sys
 import vfs
 vfs.Preprocess, vfs.load_model, vfs.FeatureExtractor, vfs.mask_to_grid, vfs.search
-heavy = sorted(name for name in ("gradio", "huggingface_hub") if name in sys.modules)
+heavy = sorted(name for name in ("gradio", "huggingface_hub", "datasets", "matplotlib") if name in sys.modules)
 print(",".join(heavy))
 """
 

@@ -15,11 +15,14 @@ from vfs.analysis.metrics import (
     distinct_labels,
     domain_neighbours,
     label_scores,
+    matched_boxed,
     neighbours,
     same_label_fraction,
     shared_neighbours,
+    top_k_ious,
     window_ious,
 )
+from vfs.analysis.statistics import estimate
 from vfs.errors import SearchError
 
 
@@ -72,8 +75,59 @@ def test_planted_box_is_found_with_iou_one():
     assert (nb.heights[0], nb.widths[0]) == (2, 3)
     ious = window_ious(nb, boxes, sizes, (8, 8))
     assert ious[0] == pytest.approx(1.0)
-    second = window_ious(nb, boxes, sizes, (8, 8), rank=1)  # NaN unless the runner-up has a box
-    assert np.isnan(second[0]) or second[0] < 1.0
+    second = window_ious(nb, boxes, sizes, (8, 8), rank=1)  # a miss (0) unless the runner-up has a box
+    assert second[0] < 1.0 and (second[0] == 0.0 or boxes[nb.indices[0, 1]] is not None)
+
+
+def test_a_match_without_a_box_is_a_miss_with_iou_zero():
+    """VFS v1 Fig. 8 counts a face query that retrieves a non-face as a failure: planted here, the
+    best match of query 0 is image 2, which has no box; image 3 holds a weaker copy inside its box."""
+    rng = np.random.default_rng(7)
+    source = (0.1 * rng.random((5, 4, 6, 6))).astype(np.float32)
+    patch = rng.normal(size=(4, 2, 2)) * 10
+    source[0, :, 0:2, 0:2] = patch
+    source[2, :, 3:5, 3:5] = patch  # exact copy, in an image without boxes: the miss
+    source[3, :, 1:3, 1:3] = patch + rng.normal(size=patch.shape)  # near copy, inside its box
+    sizes = np.full((5, 2), 60)  # 10 pixels per cell
+    boxes = [np.zeros((0, 4))] * 5
+    boxes[0] = np.array([[0.0, 0.0, 20.0, 20.0]])
+    boxes[3] = np.array([[10.0, 10.0, 30.0, 30.0]])
+    nb = neighbours(source, [0], k=2, boxes=[boxes[0][0]], image_sizes=sizes)
+    assert nb.indices[0].tolist() == [2, 3]
+    ious = window_ious(nb, boxes, sizes, (6, 6))
+    assert ious.tolist() == [0.0]  # counted, not left out of the mean
+    assert matched_boxed(nb, boxes).tolist() == [False]
+    np.testing.assert_allclose(top_k_ious(nb, boxes, sizes, (6, 6)), [[0.0, 1.0]])
+    assert estimate(top_k_ious(nb, boxes, sizes, (6, 6)).mean(axis=1)).mean == 0.5
+
+
+def test_queries_from_another_source_are_not_excluded():
+    source, labels = planted_source()
+    queries = source[[2, 9]] + 0.001  # another set holding near copies of images 2 and 9
+    nb = neighbours(source, [0, 1], k=3, query_source=queries)
+    assert nb.indices[:, 0].tolist() == [2, 9]  # found, not excluded as "itself"
+    assert same_label_fraction(nb, labels, labels[[2, 9]]).tolist() == [1.0, 1.0]
+    own = neighbours(source, [2, 9], k=3)
+    assert own.indices[:, 0].tolist() != [2, 9]
+    np.testing.assert_array_equal(nb.indices[:, 1:], own.indices[:, :2])
+    scored = label_scores(source, [0, 1], labels, query_source=queries, query_labels=labels[[2, 9]])
+    assert not np.isnan(scored.scores).any() and np.allclose(scored.aurocs, 1.0)
+    with pytest.raises(SearchError, match="do not match"):
+        neighbours(source, [0], k=3, query_source=queries[:, :4])
+    with pytest.raises(SearchError, match="query_labels"):
+        label_scores(source, [0], labels, query_source=queries)
+
+
+def test_estimate_has_standard_error_and_t_interval():
+    from scipy import stats
+
+    values = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    found = estimate(values)
+    assert found.count == 4 and found.mean == 2.5
+    assert found.se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+    low, high = stats.t.interval(0.95, 3, loc=2.5, scale=found.se)
+    assert (found.low, found.high) == (pytest.approx(low), pytest.approx(high))
+    assert np.isnan(estimate([1.0]).se) and estimate([]).count == 0
 
 
 def test_box_iou_and_binning():
@@ -81,7 +135,9 @@ def test_box_iou_and_binning():
     assert box_iou((0, 0, 10, 10), (0, 5, 10, 15)) == pytest.approx(50 / 150)
     assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
     rows = bin_by(np.array([1.0, 0.5, 0.0, np.nan]), np.array([0.1, 0.15, 0.6, 0.6]), [0.0, 0.5, 1.0])
-    assert rows[0] == {"low": 0.0, "high": 0.5, "count": 2, "mean": 0.75}
+    assert {k: rows[0][k] for k in ("low", "high", "count", "mean")} == {"low": 0.0, "high": 0.5, "count": 2,
+                                                                         "mean": 0.75}
+    assert rows[0]["mean se"] == pytest.approx(0.25)
     assert rows[1]["count"] == 1 and rows[1]["mean"] == 0.0
 
 

@@ -26,7 +26,7 @@ def search_command(argv: list[str]) -> int:
         from vfs.retrieval.command import search_command as cache_command
 
         return cache_command(argv)
-    from vfs.models.loading import DEFAULT_MODEL
+    from vfs.models.arguments import add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m vfs search",
@@ -35,8 +35,7 @@ def search_command(argv: list[str]) -> int:
     parser.add_argument("--query", default="chelsea", help="query photo name (default chelsea; see --list)")
     parser.add_argument("--box", default=None,
                         help="query region top,left,bottom,right in pixels of the query photo (default: the whole photo)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name for vfs.load_model (default {DEFAULT_MODEL})")
-    parser.add_argument("--weights", default=None, help="weights file for the model (default: its usual local file)")
+    add_model_arguments(parser)
     parser.add_argument("--layer", default=None, help="layer name (default: the model's first suggested layer)")
     parser.add_argument("--k", type=positive_int, default=5, help="how many matches to print (default 5)")
     parser.add_argument("--include-query", action="store_true", help="let the query photo itself be matched")
@@ -52,8 +51,8 @@ def search_command(argv: list[str]) -> int:
 def _run(args: argparse.Namespace) -> int:
     from vfs.datasets import skimage_photos
     from vfs.masks import box_to_grid, window_to_box
+    from vfs.models.arguments import model_from_arguments
     from vfs.models.features import FeatureExtractor
-    from vfs.models.loading import load_model
     from vfs.retrieval.command import parse_box
     from vfs.retrieval.window import search
 
@@ -71,10 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     size = (query_image.height, query_image.width)
     box = parse_box(args.box) if args.box else (0.0, 0.0, float(size[0]), float(size[1]))
 
-    loaded = load_model(args.model, weights=args.weights)
+    loaded = model_from_arguments(args)
     layer = args.layer or next(iter(loaded.layers), None)
     if layer is None:
-        print(f"error: {loaded.name} has no suggested layer: pass --layer (see python -m vfs layers {args.model})",
+        print(f"error: {loaded.name} has no suggested layer: pass --layer (see python -m vfs layers {loaded.name})",
               file=sys.stderr)
         return 2
     box_to_grid(box, size, (loaded.preprocess.crop,) * 2, preprocess=loaded.preprocess)  # a bad box fails before the work

@@ -1,11 +1,13 @@
 """Make the "objects on canvases" dataset of docs/experiments.md: Fashion-MNIST items pasted at random
 sizes and places on 256x256 backgrounds of three kinds (the domains), with their boxes.
 
-    PYTHONPATH=. python docs/figures/make_canvases.py OUT_FOLDER [--count 600] [--seed 0]
+    PYTHONPATH=. python docs/figures/make_canvases.py OUT_FOLDER [--count 600] [--seed 0] [--empty 0.0]
 
 Writes OUT_FOLDER/NNNNN.png and OUT_FOLDER/labels.csv (path,label,domain,box), readable as
 `folder:OUT_FOLDER`. Items come from the Fashion-MNIST *train* split, so they are not the test images
 of the other experiments. Boxes are the tight box of the pasted item's visible pixels (intensity > 25).
+`--empty F` leaves a share F of the canvases without an item (no label, no box): a box query that
+retrieves one of them has found background, a miss (IoU 0) in `experiment iou` / `v1-fig8`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--empty", type=float, default=0.0, help="share of canvases left without an item")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     items = FashionMNIST("train")
@@ -50,6 +53,11 @@ def main() -> None:
         index = int(rng.integers(len(items)))
         domain = ("flat", "noise", "stripes")[n % 3]
         canvas = background(domain, rng)
+        if args.empty > 0 and rng.random() < args.empty:  # no rng draw otherwise: --empty 0 keeps old canvases
+            name = f"{n:05d}.png"
+            Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).convert("RGB").save(args.out / name)
+            rows.append({"path": name, "label": "", "domain": domain, "box": ""})
+            continue
         side = int(rng.integers(40, 200))
         top = int(rng.integers(MARGIN, SIDE - MARGIN - side + 1))
         left = int(rng.integers(MARGIN, SIDE - MARGIN - side + 1))

@@ -10,8 +10,10 @@ Search", made reusable): batch queries over any source, then measures of what ca
 
 Every function takes a `source` (anything `(N, C, H, W)` that slices along dim 0, as in
 `vfs.search`) and plain arrays for labels, domains and boxes, so it works on caches and on arrays.
-A query is an image of the source (its index); its region is the whole image, or a box
-`(top, left, bottom, right)` in original pixels mapped with `box_to_grid`. `python -m vfs
+A query is an image of the source (its index), or of another `query_source` of the same model and
+layer (then nothing is excluded: VFS v1 queries ImageNet test images against the validation set);
+its region is the whole image, or a box `(top, left, bottom, right)` in original pixels mapped with
+`box_to_grid`. `python -m vfs
 experiment` (in `vfs.analysis.experiment`) runs these on caches and prints tables.
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vfs.analysis.statistics import estimate
 from vfs.errors import SearchError
 from vfs.masks import box_to_grid, window_to_box
 from vfs.retrieval.window import best_windows, search
@@ -32,7 +35,7 @@ from vfs.retrieval.window import best_windows, search
 class Neighbours:
     """The top-k matches of a batch of queries over one source."""
 
-    queries: np.ndarray  # (Q,) int64, query image indices into the source
+    queries: np.ndarray  # (Q,) int64, query image indices into the query source (the source itself by default)
     indices: np.ndarray  # (Q, k) int64, matched image indices, best first
     scores: np.ndarray  # (Q, k) float32, cosine similarity of each match
     rows: np.ndarray  # (Q, k) int64, top row of each matched window, in feature cells
@@ -76,12 +79,14 @@ def _query_features(source, index: int) -> np.ndarray:
 
 
 def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) -> list[np.ndarray]:
+    """One weight grid per query; `image_sizes` are those of the query source."""
     grid = tuple(source.shape[-2:])
     if boxes is None:
         return [query_weights(grid)] * len(queries)
     if len(boxes) != len(queries) or image_sizes is None:
         raise SearchError(
-            f"{len(boxes)} boxes for {len(queries)} queries: give one box per query and the image_sizes of the source"
+            f"{len(boxes)} boxes for {len(queries)} queries: give one box per query and the image_sizes of the "
+            "query source"
         )
     return [
         query_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
@@ -89,19 +94,34 @@ def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) ->
     ]
 
 
+def _check_query_source(source, query_source):
+    """The source queries come from (`source` when None), checked to have the same channels and grid."""
+    if query_source is None:
+        return source
+    if tuple(query_source.shape[1:]) != tuple(source.shape[1:]):
+        raise SearchError(f"query features {tuple(query_source.shape[1:])} do not match the source's "
+                          f"{tuple(source.shape[1:])} (C, H, W): take queries from the same model, layer and input size")
+    return query_source
+
+
 def neighbours(
-    source, queries: Sequence[int], *, k: int = 5, boxes=None, image_sizes=None, preprocess=None, block=None
+    source, queries: Sequence[int], *, k: int = 5, boxes=None, image_sizes=None, preprocess=None, block=None,
+    query_source=None,
 ) -> Neighbours:
-    """Run `vfs.search` for every query (the query image excluded) and stack the top `k`.
+    """Run `vfs.search` for every query and stack the top `k`. A query is an image of `source` (itself
+    excluded), or of `query_source` when given (nothing excluded).
 
     `boxes` (one `(top, left, bottom, right)` per query, original pixels) restricts each query to a
-    box; then `image_sizes` `(N, 2)` and the cache's `preprocess` map it onto the grid.
+    box; then `image_sizes` `(N, 2)` of the query source and the cache's `preprocess` map it onto the grid.
     """
     queries = np.asarray(queries, dtype=np.int64)
+    own = query_source is None
+    query_source = _check_query_source(source, query_source)
     weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
     nb = Neighbours.unfilled(queries, k)
     for q, (index, w) in enumerate(zip(queries, weights)):
-        matches = search(_query_features(source, int(index)), w, source, k=k, exclude=[int(index)], block=block)
+        exclude = [int(index)] if own else None
+        matches = search(_query_features(query_source, int(index)), w, source, k=k, exclude=exclude, block=block)
         if len(matches) < k:
             raise SearchError(f"query {index} found {len(matches)} matches, fewer than k={k}: use a smaller k")
         nb.indices[q] = [m.index for m in matches]
@@ -118,10 +138,12 @@ def distinct_labels(nb: Neighbours, labels: np.ndarray) -> np.ndarray:
     return np.array([len(set(row.tolist())) for row in found], dtype=np.int64)
 
 
-def same_label_fraction(nb: Neighbours, labels: np.ndarray) -> np.ndarray:
-    """`(Q,)` fraction of each query's top k that carry the query's own label (precision at k)."""
+def same_label_fraction(nb: Neighbours, labels: np.ndarray, query_labels: np.ndarray | None = None) -> np.ndarray:
+    """`(Q,)` fraction of each query's top k that carry the query's own label (precision at k);
+    `query_labels` are the labels of the query source when it is not the searched one."""
     labels = np.asarray(labels)
-    return (labels[nb.indices] == labels[nb.queries][:, None]).mean(axis=1)  # (Q,)
+    own = labels[nb.queries] if query_labels is None else np.asarray(query_labels)[nb.queries]  # (Q,)
+    return (labels[nb.indices] == own[:, None]).mean(axis=1)  # (Q,)
 
 
 def shared_neighbours(a: Neighbours, b: Neighbours) -> np.ndarray:
@@ -147,8 +169,9 @@ def window_ious(
     nb: Neighbours, boxes: Sequence, image_sizes: np.ndarray, grid: tuple[int, int], *, preprocess=None, rank: int = 0
 ) -> np.ndarray:
     """`(Q,)` IoU, in original pixels, of each query's matched window (at `rank`, 0 = best) with the
-    best-overlapping ground-truth box of the matched image; NaN when that image has no box."""
-    out = np.full(len(nb.queries), np.nan)
+    best-overlapping ground-truth box of the matched image. A match to an image without a box is a
+    miss, IoU 0 (VFS v1 Fig. 8: a face query that retrieves a non-face failed); `matched_boxed` says which."""
+    out = np.zeros(len(nb.queries))
     for q in range(len(nb.queries)):
         index = int(nb.indices[q, rank])
         truth = boxes[index]
@@ -163,29 +186,52 @@ def window_ious(
     return out
 
 
+def matched_boxed(nb: Neighbours, boxes: Sequence, *, rank: int = 0) -> np.ndarray:
+    """`(Q,)` bool: the match at `rank` is an image with at least one ground-truth box (else a miss)."""
+    return np.array([boxes[int(i)] is not None and len(boxes[int(i)]) > 0 for i in nb.indices[:, rank]], bool)
+
+
+def top_k_ious(
+    nb: Neighbours, boxes: Sequence, image_sizes: np.ndarray, grid: tuple[int, int], *, preprocess=None
+) -> np.ndarray:
+    """`(Q, k)` IoU of every match of the top k (misses 0), as `window_ious` at each rank."""
+    ranks = nb.indices.shape[1]
+    return np.stack([window_ious(nb, boxes, image_sizes, grid, preprocess=preprocess, rank=r) for r in range(ranks)],
+                    axis=1)  # (Q, k)
+
+
+def box_area(box) -> float:
+    """Area of a `(top, left, bottom, right)` box in square pixels of the original image."""
+    return float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
+
+
 def relative_box_size(box, image_size: tuple[int, int]) -> float:
     """sqrt(box area / image area): 1 for the whole image, 0.5 for a box of a quarter of it."""
     return float(np.sqrt(max(0.0, (box[2] - box[0]) * (box[3] - box[1])) / (image_size[0] * image_size[1])))
 
 
 def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list[dict]:
-    """Rows `{low, high, count, mean}` of `values` grouped by `keys` into `[edges[i], edges[i+1])`."""
+    """Rows `{low, high, count, mean, mean se, mean ci95}` of `values` grouped by `keys` into
+    `[edges[i], edges[i+1])` (NaN values left out)."""
     values, keys = np.asarray(values, np.float64), np.asarray(keys, np.float64)
     rows = []
     for low, high in itertools.pairwise(edges):
         inside = (keys >= low) & (keys < high) & ~np.isnan(values)
-        mean = float(values[inside].mean()) if inside.any() else float("nan")
-        rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()), "mean": mean})
+        rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
+                     **estimate(values[inside]).columns("mean")})
     return rows
 
 
 def domain_neighbours(
     source, queries: Sequence[int], domains: Sequence[str], *, k: int = 3, boxes=None, image_sizes=None,
-    preprocess=None, block=None,
+    preprocess=None, block=None, query_source=None,
 ) -> Neighbours:
-    """The top k over distinct domains: for each query (itself excluded), every image's best window
-    (`best_windows`), the best image of each domain, then the `k` best domains."""
+    """The top k over distinct domains: for each query (itself excluded unless it comes from another
+    `query_source`), every image's best window (`best_windows`), the best image of each domain, then
+    the `k` best domains. `domains` are those of the searched source."""
     queries = np.asarray(queries, dtype=np.int64)
+    own = query_source is None
+    query_source = _check_query_source(source, query_source)
     domains = np.asarray(domains, dtype=object)
     names, codes = np.unique(domains.astype(str), return_inverse=True)
     if len(names) < k:
@@ -193,8 +239,8 @@ def domain_neighbours(
     weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
     nb = Neighbours.unfilled(queries, k)
     for q, (index, w) in enumerate(zip(queries, weights)):
-        best = best_windows(_query_features(source, int(index)), w, source, block=block)
-        keep = best.indices != index
+        best = best_windows(_query_features(query_source, int(index)), w, source, block=block)
+        keep = best.indices != index if own else np.ones(len(best.indices), bool)
         order = np.lexsort((best.indices[keep], -best.scores[keep]))  # best first, ties to lower index
         ranked = np.flatnonzero(keep)[order]
         _, first = np.unique(codes[best.indices[ranked]], return_index=True)  # best image per domain
@@ -234,21 +280,30 @@ class LabelScores:
 
 
 def label_scores(
-    source, queries: Sequence[int], labels: np.ndarray, *, boxes=None, image_sizes=None, preprocess=None, block=None
+    source, queries: Sequence[int], labels: np.ndarray, *, boxes=None, image_sizes=None, preprocess=None, block=None,
+    query_source=None, query_labels: np.ndarray | None = None,
 ) -> LabelScores:
-    """Score distributions by label: `best_windows` of each query over the whole source."""
+    """Score distributions by label: `best_windows` of each query over the whole source (the query
+    image left out unless it comes from another `query_source`, whose labels are `query_labels`)."""
     queries = np.asarray(queries, dtype=np.int64)
     labels = np.asarray(labels)
+    own = query_source is None
+    if not own and query_labels is None:
+        raise SearchError("queries from another query_source need their query_labels")
+    query_source = _check_query_source(source, query_source)
     weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
     n = source.shape[0]
     scores = np.full((len(queries), n), np.nan, np.float32)
     aurocs = np.full(len(queries), np.nan)
-    same = labels[None, :] == labels[queries][:, None]  # (Q, N)
+    own_labels = labels[queries] if own else np.asarray(query_labels)[queries]  # (Q,)
+    same = labels[None, :] == own_labels[:, None]  # (Q, N)
     for q, (index, w) in enumerate(zip(queries, weights)):
-        best = best_windows(_query_features(source, int(index)), w, source, block=block)
+        best = best_windows(_query_features(query_source, int(index)), w, source, block=block)
         scores[q, best.indices] = best.scores
-        scores[q, index] = np.nan
-        others = np.arange(n) != index
+        others = np.ones(n, bool)
+        if own:
+            scores[q, index] = np.nan
+            others[index] = False
         if 0 < same[q, others].sum() < others.sum():
             aurocs[q] = auroc(scores[q, others], same[q, others])
     return LabelScores(queries, scores, same, aurocs)

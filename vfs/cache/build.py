@@ -406,14 +406,16 @@ class _Reporter:
 
 
 def index_command(argv: list[str]) -> int:
-    """`python -m vfs index --model NAME --layer LAYER --dataset SPEC --out PATH`: build or resume a cache."""
+    """`python -m vfs index [--model NAME | --module PKG.MOD:FACTORY] [--weights PATH] --layer LAYER --dataset SPEC
+    --out PATH`: build or resume a cache."""
+    from vfs.models.arguments import add_model_arguments, model_from_arguments
+
     parser = argparse.ArgumentParser(prog="python -m vfs index", description=index_command.__doc__)
-    parser.add_argument("--model", default="efficientnet_lite0", help="model name (default efficientnet_lite0)")
+    add_model_arguments(parser)
     parser.add_argument("--layer", required=True, help="layer name; `python -m vfs layers` lists them")
-    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH, hf:NAME_OR_PATH[:split]")
     parser.add_argument("--out", required=True, type=Path, help="cache folder (resumed if unfinished)")
-    parser.add_argument("--weights", default=None,
-                        help="'random', or a weights file (default: the model's bundled or cached weights)")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--input-size", type=positive_int, default=None, help="side the model sees (default: model's)")
@@ -432,10 +434,7 @@ def index_command(argv: list[str]) -> int:
                         help="Dask scheduler address: build the shards on its workers (env VFS_SCHEDULER)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from vfs.models.loading import load_model
-
-    model = load_model(args.model, weights=args.weights)
-    path = build_cache(model, args.layer, args.dataset, args.out, dtype=args.dtype,
+    path = build_cache(model_from_arguments(args), args.layer, args.dataset, args.out, dtype=args.dtype,
                        batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
                        codec=args.codec, shard_size=args.shard_size, thumbnail=args.thumbnail,
                        checksum=args.checksum, scheduler=args.scheduler, device=args.device)

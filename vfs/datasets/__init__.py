@@ -9,6 +9,8 @@ hash of what identifies its content, so a cache can tell which dataset it was bu
     fashion-mnist:test        Debian `dataset-fashion-mnist` (10,000 test / 60,000 train images)
     skimage-photos            scikit-image's bundled photos, labelled by a small category
     lfw-subset                skimage.data.lfw_subset(): 100 faces then 100 non-faces, 25x25
+    hf:NAME_OR_PATH[:split]   a Hugging Face dataset: saved to disk, parquet, an image folder, or on
+                              the Hub (streamed); columns chosen by name (`vfs.datasets.huggingface`)
 
 and any of them followed by a slice, e.g. `fashion-mnist:test[:500]` or `folder:photos[10:20]`.
 Wrap a torchvision dataset (or any `(image, target)` sequence) with `from_torchvision`.
@@ -340,7 +342,8 @@ def from_torchvision(dataset: Any, *, name: str | None = None) -> TorchvisionDat
 
 
 _SLICE = re.compile(r"^(?P<base>.*?)\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>-?\d*))?\]$")
-SPECS = "folder:PATH, fashion-mnist:test, fashion-mnist:train, skimage-photos, lfw-subset (each may end in [a:b])"
+SPECS = ("folder:PATH, fashion-mnist:test, fashion-mnist:train, skimage-photos, lfw-subset, "
+         "hf:NAME_OR_PATH[:split][?label=COLUMN&box=COLUMN...] (each may end in [a:b])")
 
 
 def open_dataset(spec: str) -> ImageDataset:
@@ -362,4 +365,8 @@ def open_dataset(spec: str) -> ImageDataset:
         return skimage_photos()
     if kind == "lfw-subset" and not argument:
         return lfw_subset()
+    if kind == "hf" and argument:
+        from vfs.datasets.huggingface import open_huggingface
+
+        return open_huggingface(argument)
     raise DatasetError(f"unknown dataset spec {spec!r}: valid forms are {SPECS}")

@@ -1,0 +1,137 @@
+"""Matplotlib figures of the paper protocols (`vfs.analysis.protocols`), drawn from their results:
+bars with standard error bars as in VFS v1 Figs. 6 and 8, and box plots as in VFS v2 Fig. 3.
+
+matplotlib is imported only here, when a figure is drawn (`pip install matplotlib`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vfs.errors import VFSError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise VFSError("the experiment figures need matplotlib, which is not installed: pip install matplotlib") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _se(row: dict, key: str) -> float:
+    value = row.get(f"{key} se")
+    return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _value(row: dict, key: str) -> float:
+    value = row.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def plot_v1_fig6(result: dict, title: str):
+    """Left: distinct classes in the top k per cache; right: images shared with the reference."""
+    plt = _pyplot()
+    k, rows = result["k"], result["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = [row["features"] for row in rows]
+    left.bar(range(len(rows)), [_value(r, f"distinct@{k}") for r in rows],
+             yerr=[_se(r, f"distinct@{k}") for r in rows], capsize=4, color="tab:blue")
+    left.set_xticks(range(len(rows)), names, rotation=15, ha="right")
+    left.set_ylabel(f"distinct classes in top {k}")
+    others = rows[1:]
+    key = f"shared@{k} with reference"
+    right.bar(range(len(others)), [_value(r, key) for r in others], yerr=[_se(r, key) for r in others],
+              capsize=4, color="tab:orange")
+    right.set_xticks(range(len(others)), [r["features"] for r in others], rotation=15, ha="right")
+    right.set_ylabel(f"images shared with {rows[0]['features']}")
+    right.set_ylim(0, k)
+    fig.suptitle(f"{title}\n(n = {rows[0]['queries']} queries, bars: standard error)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _bin_label(row: dict) -> str:
+    if row.get("bin") == "all":
+        return "all"
+    high = "" if math.isinf(row["high"]) else f"{row['high']:g}"
+    return f">{row['low']:g}" if not high else f"{row['low']:g}-{high}"
+
+
+def plot_v1_fig8(result: dict, title: str):
+    """Mean top-1 IoU by query box bin, one bar per cache, standard error bars."""
+    plt = _pyplot()
+    rows = result["rows"]
+    names = list(dict.fromkeys(row["features"] for row in rows))
+    bins = [_bin_label(row) for row in rows if row["features"] == names[0]]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(bins)), 3.8))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        mine = [row for row in rows if row["features"] == name]
+        positions = np.arange(len(bins)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(positions, [_value(r, "top1 IoU") for r in mine], width, yerr=[_se(r, "top1 IoU") for r in mine],
+               capsize=3, label=name)
+        for x, r in zip(positions, mine):
+            ax.text(x, 0.01, f"n={r['queries']}\nmiss={r['top1 misses']}", ha="center", va="bottom", fontsize=6)
+    unit = "square pixels" if result.get("bin_by") == "area" else "sqrt(area / image area)"
+    ax.set_xticks(range(len(bins)), bins)
+    ax.set_xlabel(f"query box ({unit})")
+    ax.set_ylabel("mean IoU of the top match (misses = 0)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_v2_fig2b(result: dict, title: str):
+    """Mean score at each rank, top k overall (solid) vs over distinct domains (dashed), per cache."""
+    plt = _pyplot()
+    k, rows = result["k"], result["rows"]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ranks = np.arange(1, k + 1)
+    colours = {}
+    for row in rows:
+        colour = colours.setdefault(row["features"], f"C{len(colours)}")
+        ax.errorbar(ranks, [_value(row, f"score {r}") for r in ranks], yerr=[_se(row, f"score {r}") for r in ranks],
+                    color=colour, linestyle="-" if row["top k"] == "overall" else "--", marker="o", capsize=3,
+                    label=f"{row['features']}, {row['top k']}")
+    ax.set_xticks(ranks)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("cosine similarity")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_v2_fig3(result: dict, title: str):
+    """Box plots (5-25-50-75-95 %) of every image's score, same label vs other labels, per query kind."""
+    plt = _pyplot()
+    quantiles = result["quantiles"]
+    at = {q: i for i, q in enumerate(quantiles)}
+    stats, colours = [], []
+    for kind, parts in result["distributions"].items():
+        for part, colour in (("same", "tab:blue"), ("other", "tab:orange")):
+            values = parts[part]
+            if values is None:
+                continue
+            stats.append({"label": f"{kind}\n{part} label", "whislo": values[at[0.05]], "q1": values[at[0.25]],
+                          "med": values[at[0.5]], "q3": values[at[0.75]], "whishi": values[at[0.95]], "fliers": []})
+            colours.append(colour)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    boxes = ax.bxp(stats, patch_artist=True, showfliers=False)
+    for patch, colour in zip(boxes["boxes"], colours):
+        patch.set_facecolor(colour)
+        patch.set_alpha(0.6)
+    aurocs = ", ".join(f"{row['query']}: AUROC {_value(row, 'AUROC'):.3f} ± {_se(row, 'AUROC'):.3f}"
+                       for row in result["rows"])
+    ax.set_ylabel("best-window cosine to the query")
+    ax.set_title(f"{title}\n{aurocs}", fontsize=8)
+    fig.tight_layout()
+    return fig
