@@ -288,7 +288,14 @@ def test_catalog_names_a_pinned_cache(built, hub, pushed, tmp_path, monkeypatch,
     catalog.write_text(json.dumps({"caches": [json.loads(entry_json(pushed.entry)) | {"revision": "v1"}]}))
     with pytest.raises(CatalogError, match="not a commit sha"):
         hub_caches.open("fmnist", endpoint=hub.endpoint)
-    assert hub_caches.load_catalog(Path(hub_caches.__file__).with_name("catalog.json")) is not None
+    # the catalog round-trips: the entry `push` printed loads back equal, field for field
+    catalog.write_text(json.dumps({"caches": [json.loads(entry_json(pushed.entry))]}))
+    assert hub_caches.load_catalog(catalog) == {"fmnist": pushed.entry}
+    # the shipped catalog loads, one entry per name it lists, each pinned to a sha
+    shipped = Path(hub_caches.__file__).with_name("catalog.json")
+    names = [item["name"] for item in json.loads(shipped.read_text())["caches"]]
+    entries = hub_caches.load_catalog(shipped)
+    assert sorted(entries) == sorted(names) and all(len(e.revision) == 40 for e in entries.values())
 
 
 def test_test_server_answers_ranges_and_pages(hub, pushed):

@@ -47,7 +47,7 @@ _LAZY: dict[str, str] = {
     "ImageItem": "vfs.datasets",
     "open_dataset": "vfs.datasets",
     "FeatureCache": "vfs.cache.reader",
-    "CacheMeta": "vfs.cache.reader",
+    "CacheMeta": "vfs.cache.format",
     "open_cache": "vfs.cache.reader",
     "build_cache": "vfs.cache.build",
 }
@@ -85,7 +85,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
     from vfs.cache.build import build_cache
-    from vfs.cache.reader import CacheMeta, FeatureCache, open_cache
+    from vfs.cache.format import CacheMeta
+    from vfs.cache.reader import FeatureCache, open_cache
     from vfs.datasets import ImageItem, open_dataset
     from vfs.masks import box_to_grid, mask_to_grid, window_to_box
     from vfs.models.features import FeatureExtractor, layer_shapes, list_layers
