@@ -285,6 +285,7 @@ def test_catalog_names_a_pinned_cache(built, hub, pushed, tmp_path, monkeypatch,
     assert f"fmnist {REPO}@{pushed.revision[:10]}" in capsys.readouterr().out.replace("  ", "")
     hub.stats.reset()
     cache = hub_caches.open("fmnist", endpoint=hub.endpoint, token=False)
+    assert not cache.in_memory  # the default (as vfs.open_cache's) streams a remote cache
     assert not any("/api/" in path for _, path, _ in hub.stats.requests)  # pinned: no revision lookup
     np.testing.assert_array_equal(cache[0:16], vfs.open_cache(built)[0:16])
     with pytest.raises(CatalogError, match="did you mean fmnist"):
