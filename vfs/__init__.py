@@ -21,6 +21,7 @@ from vfs.errors import CacheError as CacheError
 from vfs.errors import CacheIncompleteError as CacheIncompleteError
 from vfs.errors import CacheMismatchError as CacheMismatchError
 from vfs.errors import DatasetError as DatasetError
+from vfs.errors import DeviceError as DeviceError
 from vfs.errors import LayerError as LayerError
 from vfs.errors import MaskError as MaskError
 from vfs.errors import ModelError as ModelError
@@ -63,6 +64,7 @@ __all__ = sorted(
         "CacheIncompleteError",
         "CacheMismatchError",
         "DatasetError",
+        "DeviceError",
         "LayerError",
         "MaskError",
         "ModelError",

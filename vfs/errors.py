@@ -47,3 +47,7 @@ class CacheCorruptError(CacheError, OSError):
 
 class CacheMismatchError(CacheError, ValueError):
     """A cache opened with a model, layer or schema that does not match the one it was built with."""
+
+
+class DeviceError(VFSError, ValueError):
+    """A device that torch does not know, or that this machine does not have (e.g. "cuda" without a GPU)."""

@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 import torch
 
+from vfs.errors import DeviceError
+
 
 class Source(Protocol):
     """Features `(N, C, H, W)`: `.shape`, and `source[start:stop]` gives rows as an array or tensor."""
@@ -31,3 +33,15 @@ Array: TypeAlias = np.ndarray | torch.Tensor
 Indices: TypeAlias = Sequence[int] | np.ndarray | torch.Tensor
 # Where the math runs: "cpu", "cuda", "cuda:1" or a torch.device; None: the query's device.
 Device: TypeAlias = str | torch.device | None
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device this machine has, else a DeviceError saying what to pass instead."""
+    try:
+        checked = torch.device(device)
+        torch.empty(0, device=checked)  # the one check that holds for every backend: allocate there
+    except (RuntimeError, AssertionError, TypeError, ValueError) as error:
+        have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        raise DeviceError(f"device {device!r} cannot be used here ({error}); this machine has "
+                          f"{', '.join(have)}: pass one of those, or None for the default") from error
+    return checked

@@ -27,6 +27,7 @@ from torch import nn
 
 from vfs.errors import LayerError, ModelError
 from vfs.models.preprocess import Preprocess
+from vfs.source import as_device
 
 
 class _Captured(Exception):
@@ -69,7 +70,7 @@ class FeatureExtractor:
         self.batch_size = batch_size  # images per forward pass
         self._target = get_layer(module, layer)
         if device is not None:  # moves the module there; None keeps it where it is
-            module.to(device)
+            module.to(as_device(device))
         parameter = next(module.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device(device or "cpu")
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from vfs.errors import ModelError
 from vfs.models.preprocess import Preprocess
+from vfs.source import as_device
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,7 +92,7 @@ def load_model(
             "model ('resnet50', 'vgg16', 'densenet121', 'vit_b_16', ...), 'timm:<timm model name>', "
             "or your own network via load_model(name, module=..., weights=...)."
         )
-    loaded.module.to(device).eval()
+    loaded.module.to(as_device(device)).eval()
     return loaded
 
 

@@ -25,7 +25,7 @@ import torch
 
 from vfs.errors import MaskError, SearchError
 from vfs.retrieval.kernels import WindowPlan, make_plan, score_block
-from vfs.source import Array, Device, Indices, Source
+from vfs.source import Array, Device, Indices, Source, as_device
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 
@@ -167,9 +167,7 @@ def prepare(query: Array, weights: Array, source: Source, *, subset: Indices | N
         raise SearchError(f"source.sq_norms has shape {tuple(sq_norms.shape)}, expected "
                           f"{(count, height, width)}: rebuild the cache's squared norms")
     indices = check_indices(subset, count, "subset") if subset is not None else np.arange(count)
-    if device is None:
-        device = query.device
-    device = torch.device(device)
+    device = as_device(query.device if device is None else device)
     query_box = query[:, top:bottom, left:right].to(device)  # (C, h, w)
     plan = make_plan(query_box, weights[top:bottom, left:right].to(device), (height, width), device=device)
     return plan, indices, device
