@@ -49,6 +49,7 @@ from vfs.cache.format import (
 from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
 from vfs.errors import CacheMismatchError, DatasetError
+from vfs.models.loading import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from vfs.models.loading import LoadedModel
@@ -309,7 +310,7 @@ class _Reporter:
 def index_command(argv: list[str]) -> int:
     """`python -m vfs index --model NAME --layer LAYER --dataset SPEC --out PATH`: build or resume a cache."""
     parser = argparse.ArgumentParser(prog="python -m vfs index", description=index_command.__doc__)
-    parser.add_argument("--model", default="efficientnet_lite0", help="model name (default efficientnet_lite0)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     parser.add_argument("--layer", required=True, help="layer name; `python -m vfs layers` lists them")
     parser.add_argument("--dataset", required=True, help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH")
     parser.add_argument("--out", required=True, type=Path, help="cache folder (resumed if unfinished)")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vfs.errors import ModelError
-from vfs.models.preprocess import Preprocess
+from vfs.models.preprocess import INTERPOLATIONS, Preprocess
 from vfs.source import as_device
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -256,7 +256,7 @@ def _timm_preprocess(cfg: dict) -> Preprocess:
         crop=crop,
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
-        interpolation=interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bicubic",
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
     )
 
 
