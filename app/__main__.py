@@ -14,8 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("VFS_CACHE_DIR") or Path.home() / ".cache" / "vfs")
-
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
@@ -28,7 +26,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=DEFAULT_CACHE_DIR,
+        default=None,  # vfs.cache.defaults.default_root(), read after parsing (it loads torch)
         help="folder holding feature caches (env VFS_CACHE_DIR; default ~/.cache/vfs)",
     )
     parser.add_argument(
@@ -108,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     from app.library import CacheLibrary, DefaultBuild
     from app.ui import launch
 
+    if args.cache_dir is None:
+        from vfs.cache.defaults import default_root
+
+        args.cache_dir = default_root()
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     if args.scheduler:
         from vfs.cluster import connect

@@ -13,11 +13,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub_caches.catalog import lookup
 from hub_caches.remote import MANIFEST, FileEntry, Remote, fetch, load_manifest, resolve
 from hub_caches.store import HubStore, check_complete
+
+if TYPE_CHECKING:
+    from vfs import FeatureCache, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,15 @@ def open_store(name_or_repo: str, *, revision: str | None = None, endpoint: str 
 
 def open(name_or_repo: str, *, revision: str | None = None, endpoint: str | None = None,
          catalog: str | Path | None = None, cache_dir: str | Path | None = None,
-         token: str | bool | None = None, model: Any = None, layer: str | None = None,
-         in_memory: bool | None = False, prefetch: int = 4):
+         token: str | bool | None = None, model: LoadedModel | str | None = None, layer: str | None = None,
+         in_memory: bool | None = None, prefetch: int = 4) -> FeatureCache:
     """A `vfs.FeatureCache` over a published cache, reading files from the Hub as they are needed.
 
     `name_or_repo` is a catalog name (`python -m hub_caches list`) or a dataset repo "org/name";
     `revision` a branch, tag or commit sha (default: the catalog's sha, else "main"). `model` and
-    `layer`, if given, must match the cache. `in_memory=False` (default) streams block by block;
-    True (or `.load()`) downloads and decodes everything into RAM once. `HF_HUB_OFFLINE=1` reads
-    what is already in the Hugging Face cache.
+    `layer`, if given, must match the cache. `in_memory` as `vfs.open_cache` takes it: the
+    default streams a remote cache block by block; True (or `.load()`) downloads and decodes
+    everything into RAM once. `HF_HUB_OFFLINE=1` reads what is already in the Hugging Face cache.
     """
     from vfs import open_cache
 

@@ -47,6 +47,52 @@ def shared_caches(tmp_path_factory) -> Path:
     return root
 
 
+def oracle_captions(cache_path: Path, image, mask, *, k: int, index: int | None = None,
+                    one_per_label: bool = False) -> list[tuple[int, str, float]]:
+    """(rank, label, score) of the top k for a painted query, computed with the library alone.
+
+    The expected answer for the app's tests, independent of the app's handlers: the query's features
+    are the cached row `index` (a dataset image, excluded from its results) or extracted with
+    `vfs.FeatureExtractor` (an upload); the mask goes onto the grid with `vfs.mask_to_grid` through
+    the cache's own preprocessing; `one_per_label` keeps the best image of each label.
+    """
+    import numpy as np
+    from PIL import Image
+
+    import vfs
+
+    cache = vfs.open_cache(cache_path)
+    preprocess = cache.meta.make_preprocess()
+    if index is not None:
+        query = np.asarray(cache[index:index + 1], dtype=np.float32)[0]  # (C, h, w)
+    else:
+        model = vfs.load_model(cache.meta.model)
+        extractor = vfs.FeatureExtractor(model.module, cache.meta.layer, preprocess=preprocess)
+        query = np.asarray(extractor(Image.fromarray(image)), dtype=np.float32)[0]  # (C, h, w)
+    weights = vfs.mask_to_grid(mask, tuple(cache.shape[-2:]), preprocess=preprocess)  # (h, w)
+    exclude = [] if index is None else [index]
+    matches = vfs.search(query, weights, cache, k=cache.shape[0] if one_per_label else k, exclude=exclude)
+    labels = [cache.label_names[int(cache.labels[m.index])] for m in matches]
+    if one_per_label:
+        firsts = [i for i, label in enumerate(labels) if label not in labels[:i]]
+        matches, labels = [matches[i] for i in firsts][:k], [labels[i] for i in firsts][:k]
+    return [(rank, label, m.score) for rank, (label, m) in enumerate(zip(labels, matches), start=1)]
+
+
+def check_captions(captions: list[str], expected: list[tuple[int, str, float]]) -> None:
+    """Captions 'rank · score · label' (score to 3 decimals) say the expected (rank, label, score)."""
+    import re
+
+    shown = []
+    for caption in captions:
+        parts = re.fullmatch(r"(?P<rank>\d+) · (?P<score>-?\d\.\d{3}) · (?P<label>.+)", caption.strip())
+        assert parts, caption
+        shown.append((int(parts["rank"]), parts["label"], float(parts["score"])))
+    assert [(rank, label) for rank, label, _ in shown] == [(rank, label) for rank, label, _ in expected]
+    for (_, _, score), (_, _, exact) in zip(shown, expected):
+        assert abs(score - exact) <= 0.0005 + 1e-6, (shown, expected)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_server import check_captions, oracle_captions
 from PIL import Image
 
 from app import editor, handlers
 from app.library import CacheLibrary
-from app.state import SearchOptions
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is in requirements-dev.txt")
 pytestmark = pytest.mark.slow  # starts a server (10-25 s here)
@@ -63,14 +63,10 @@ def test_search_endpoint_matches_the_handlers(client, app_caches, tmp_path):
     gallery, summary, *_ = client.predict(
         FMNIST, editor_argument(image, mask, tmp_path), 6, True, "no limit", "all labels", api_name="/search"
     )
-    # oracle: the same pixels through the handlers in this process (an API call has no pick: an upload)
-    query, _ = handlers.read_query(library, FMNIST, editor.editor_value(image, mask), None)
-    expected = handlers.run_search(library, query, SearchOptions(k=6))
+    # oracle: the library alone on the same pixels (an API call has no pick: an upload, nothing excluded)
     captions = [item["caption"] for item in gallery]
-    assert captions == [caption for _, caption in handlers.result_items(library, expected)]
-    for rank, caption in enumerate(captions, start=1):
-        parts = CAPTION.match(caption)
-        assert parts and int(parts["rank"]) == rank and parts["label"] in cache.label_names
+    check_captions(captions, oracle_captions(app_caches / FMNIST, image, mask, k=6))
+    assert all(CAPTION.match(caption)["label"] in cache.label_names for caption in captions)
     assert summary.startswith("6 results in efficientnet_lite0 `blocks.5`") and "for the uploaded image" in summary
 
 
@@ -108,6 +104,9 @@ def test_picked_query_is_shared_and_loads_back(client, app_caches, tmp_path):
     )
     summary, share = outputs[1], outputs[4]
     assert "dataset image #12" in summary
+    # oracle: the cached row 12, excluded from its own results, the best image of each label
+    check_captions([item["caption"] for item in outputs[0]],
+                   oracle_captions(app_caches / FMNIST, image, mask, k=4, index=12, one_per_label=True))
     key, value, _, _, picked, k, exclude, unique, only_label, candidates = client.predict(share, api_name="/load_state")
     assert (key, k, exclude, unique, only_label, candidates) == (FMNIST, 4, True, "one per label", "all labels", 0)
     assert "#12" in picked

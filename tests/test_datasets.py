@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from pathlib import Path
@@ -42,6 +43,29 @@ def test_folder_labels_from_subfolders_skips_non_images(tmp_path):
     assert {k: v.label for k, v in items.items()} == {"cat/deep/b.png": 0, "dog/a.png": 1, "loose.png": -1}
     assert items["dog/a.png"].image.mode == "RGB" and items["dog/a.png"].image.getpixel((0, 0)) == (255, 0, 0)
     assert not data.has_domains and not data.has_boxes and data[-1].id == data[2].id
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_a_damaged_image_decodes_in_part_and_leaves_pils_flag_as_it_was(tmp_path, setting, monkeypatch):
+    from PIL import ImageFile
+
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "cat" / "whole.jpg")
+    data = (tmp_path / "cat" / "whole.jpg").read_bytes()
+    (tmp_path / "cat" / "damaged.jpg").write_bytes(data[: len(data) // 2])  # a good header, half a body
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", setting)  # the caller's own choice
+    dataset = open_dataset(f"folder:{tmp_path}")
+    items = {dataset[i].id: i for i in range(len(dataset))}
+    if not setting:
+        with pytest.warns(UserWarning, match="damaged.jpg is damaged; using the part that decodes"):
+            damaged = dataset[items["cat/damaged.jpg"]]
+    else:  # the caller already reads truncated files: PIL decodes it without complaint
+        damaged = dataset[items["cat/damaged.jpg"]]
+    assert damaged.image.size == (30, 40) and damaged.image.mode == "RGB"
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is setting  # not switched off (or left on) for the whole process
+    with pytest.raises(OSError, match="truncated") if not setting else contextlib.nullcontext():
+        Image.open(tmp_path / "cat" / "damaged.jpg").convert("RGB")  # others still see a damaged file as such
 
 
 def test_folder_csv_labels_domains_boxes(tmp_path):

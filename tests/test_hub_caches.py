@@ -113,11 +113,15 @@ def test_full_scan_fetches_each_block_once_and_prefetches(built, hub, pushed):
     store = _store(hub, revision=pushed.revision, prefetch=2)
     cache = vfs.open_cache(store, in_memory=False)
     hub.stats.reset()
-    for start in range(0, 64, SHARD):
+    cache[0:SHARD]
+    cache[SHARD:2 * SHARD]  # block 1 right after block 0: blocks 2 and 3 are queued for fetching
+    store._pool.shutdown(wait=True)  # let the queued prefetches finish (no timing involved)
+    features = [f"cache.zarr/features/c/{b}/0/0/0" for b in range(4)]
+    assert sorted(hub.stats.downloads()) == features  # 2 and 3 fetched before anyone read them
+    assert store.fetched_ahead == 2
+    for start in range(2 * SHARD, 64, SHARD):
         cache[start:start + SHARD]
-    downloads = hub.stats.downloads()
-    assert sorted(downloads) == [f"cache.zarr/features/c/{b}/0/0/0" for b in range(4)]  # each once
-    assert store.fetched_ahead >= 1  # blocks 2 and 3 were on their way before they were read
+    assert sorted(hub.stats.downloads()) == features  # each block once: the reads found them on disk
 
 
 def test_pull_then_offline_reopen_without_server(built, tmp_path, monkeypatch):
@@ -302,6 +306,7 @@ def test_catalog_names_a_pinned_cache(built, hub, pushed, tmp_path, monkeypatch,
     assert f"fmnist {REPO}@{pushed.revision[:10]}" in capsys.readouterr().out.replace("  ", "")
     hub.stats.reset()
     cache = hub_caches.open("fmnist", endpoint=hub.endpoint, token=False)
+    assert not cache.in_memory  # the default (as vfs.open_cache's) streams a remote cache
     assert not any("/api/" in path for _, path, _ in hub.stats.requests)  # pinned: no revision lookup
     np.testing.assert_array_equal(cache[0:16], vfs.open_cache(built)[0:16])
     with pytest.raises(CatalogError, match="did you mean fmnist"):
@@ -309,7 +314,14 @@ def test_catalog_names_a_pinned_cache(built, hub, pushed, tmp_path, monkeypatch,
     catalog.write_text(json.dumps({"caches": [json.loads(entry_json(pushed.entry)) | {"revision": "v1"}]}))
     with pytest.raises(CatalogError, match="not a commit sha"):
         hub_caches.open("fmnist", endpoint=hub.endpoint)
-    assert hub_caches.load_catalog(Path(hub_caches.__file__).with_name("catalog.json")) is not None
+    # the catalog round-trips: the entry `push` printed loads back equal, field for field
+    catalog.write_text(json.dumps({"caches": [json.loads(entry_json(pushed.entry))]}))
+    assert hub_caches.load_catalog(catalog) == {"fmnist": pushed.entry}
+    # the shipped catalog loads, one entry per name it lists, each pinned to a sha
+    shipped = Path(hub_caches.__file__).with_name("catalog.json")
+    names = [item["name"] for item in json.loads(shipped.read_text())["caches"]]
+    entries = hub_caches.load_catalog(shipped)
+    assert sorted(entries) == sorted(names) and all(len(e.revision) == 40 for e in entries.values())
 
 
 def test_test_server_answers_ranges_and_pages(hub, pushed):

@@ -1,4 +1,5 @@
-"""`import vfs` stays light (no gradio, no huggingface_hub) and every public name resolves."""
+"""`import vfs` stays light (no gradio, no huggingface_hub), every public name resolves, and the app's
+plain-function modules never import gradio."""
 
 from __future__ import annotations
 
@@ -33,7 +34,17 @@ def test_every_public_name_resolves():
         except (AttributeError, ImportError) as error:
             missing.append(f"{name}: {error}")
     assert not missing
-    assert len(set(vfs.__all__)) == len(vfs.__all__) and set(vfs.__all__) <= set(dir(vfs))
+    assert len(set(vfs.__all__)) == len(vfs.__all__)
+
+
+def test_type_checkers_see_exactly_the_public_names():
+    # `__dir__` adds `__all__`, so compare against the source: the names type checkers import (the
+    # eager imports and the `if TYPE_CHECKING:` block) are the names loaded lazily at run time
+    tree = ast.parse(Path(vfs.__file__).read_text())
+    imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("vfs") for alias in node.names}
+    assert imported == set(vfs.__all__)
+    assert {name: getattr(vfs, name).__module__ for name in vfs._LAZY} == vfs._LAZY  # defined where listed
 
 
 CALLABLE = """
@@ -59,7 +70,7 @@ def test_public_functions_stay_functions_after_their_modules_are_imported():
 
 # The layers of `vfs`, lowest first: a module may import its own layer and the ones before it only.
 LAYERS = [
-    ("vfs.errors", "vfs.cluster"),
+    ("vfs.errors", "vfs.source", "vfs.cluster"),
     ("vfs.datasets", "vfs.models"),
     ("vfs.masks",),
     ("vfs.cache",),
@@ -102,3 +113,27 @@ def test_lower_layers_never_import_upper_ones():
             continue
         wrong += [f"{module} imports {name}" for name in _vfs_imports(path, root) if _layer(name) > _layer(module)]
     assert not wrong, wrong
+
+
+# The app modules that build the page; every other app module is plain functions, testable without gradio.
+GRADIO_MODULES = {"app.ui", "app.compare_tab", "app.analysis_tab", "app.wiring", "app.__main__"}
+
+NO_GRADIO = """
+import importlib, pkgutil, sys
+import app
+for info in sorted(pkgutil.iter_modules(app.__path__, "app."), key=lambda info: info.name):
+    if info.name not in {gradio_modules!r}:
+        importlib.import_module(info.name)
+        if "gradio" in sys.modules:  # checked after each import, so the culprit is named
+            print(info.name)
+            break
+"""
+
+
+def test_app_handler_modules_never_import_gradio():
+    # a fresh interpreter: other tests load gradio into this one's sys.modules
+    code = NO_GRADIO.format(gradio_modules=GRADIO_MODULES)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(vfs.__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"{result.stdout.strip()} imports gradio: keep it in {sorted(GRADIO_MODULES)}"

@@ -114,7 +114,13 @@ def test_every_mask_format_gives_the_same_weights():
     rgba[painted] = (0, 0, 0, 255)  # a black stroke: only the alpha says it is painted
     formats = [painted, painted.astype(np.uint8) * 255, painted.astype(np.float32), painted[:, :, None], rgba]
     expected = mask_to_grid(painted, (7, 7), preprocess=preprocess)
-    assert 0 < expected.min() or expected.max() == 1  # a real, non-trivial mask
+    # oracle by hand: 120x200 resized to 256x426 (shorter side 256, int), centre crop 224 from
+    # (16, 101), 32 px per cell. Rows 30..90 -> 64..192 -> 48..176 in the crop: cells 1 and 5 half
+    # covered, 2..4 whole. Cols 50..140 -> 106.5..298.2 -> 5.5..197.2: cell 0 covers 26.5 of 32 px,
+    # 1..5 whole, 6 covers 5.2 px.
+    rows = np.array([0, 0.5, 1, 1, 1, 0.5, 0])
+    cols = np.array([26.5 / 32, 1, 1, 1, 1, 1, (140 * 426 / 200 - 101 - 192) / 32])
+    np.testing.assert_allclose(expected, np.outer(rows, cols), atol=2e-3)
     for mask in formats:
         np.testing.assert_array_equal(mask_to_grid(mask, (7, 7), preprocess=preprocess), expected)
 

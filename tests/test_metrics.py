@@ -75,8 +75,11 @@ def test_planted_box_is_found_with_iou_one():
     assert (nb.heights[0], nb.widths[0]) == (2, 3)
     ious = window_ious(nb, boxes, sizes, (8, 8))
     assert ious[0] == pytest.approx(1.0)
-    second = window_ious(nb, boxes, sizes, (8, 8), rank=1)  # a miss (0) unless the runner-up has a box
-    assert second[0] < 1.0 and (second[0] == 0.0 or boxes[nb.indices[0, 1]] is not None)
+    # the runner-up is image 2, window rows 2..3, cols 0..2: pixels (top, left, bottom, right) (16, 0, 32, 24)
+    assert nb.indices[0, 1] == 2 and (nb.rows[0, 1], nb.cols[0, 1]) == (2, 0)
+    assert window_ious(nb, boxes, sizes, (8, 8), rank=1)[0] == 0.0  # image 2 has no box: a miss
+    boxes[2] = np.array([[16.0, 0.0, 32.0, 12.0]])  # the left half of that window (16, 0, 32, 24)
+    assert window_ious(nb, boxes, sizes, (8, 8), rank=1)[0] == pytest.approx(0.5)
 
 
 def test_a_match_without_a_box_is_a_miss_with_iou_zero():

@@ -121,6 +121,13 @@ def test_nmf_negatives_clip_and_shift():
     clipped = factorize(features, k=2, negatives="clip")
     shifted = factorize(features, k=2, negatives="shift")
     assert clipped.negatives == "clip" and shifted.negatives == "shift"
+    # oracles: "clip" factorises max(x, 0) and "shift" factorises x - min(x); on non-negative input
+    # both leave x as it is, so the same seed gives the same factors
+    by_hand = {"clip": np.maximum(features, 0), "shift": features - features.min()}
+    for result in (clipped, shifted):
+        expected = factorize(by_hand[result.negatives], k=2, negatives="clip")
+        np.testing.assert_allclose(result.maps, expected.maps, rtol=1e-4, atol=1e-5)
+        assert result.reconstruction_error == pytest.approx(expected.reconstruction_error, rel=1e-4)
     with pytest.raises(SearchError, match="'clip' or 'shift'"):
         factorize(features, k=2, negatives="abs")
     with pytest.raises(SearchError, match="k in 1..5"):

@@ -64,7 +64,7 @@ class CacheBusyError(CacheError, BlockingIOError):
 
 
 class DeviceError(VFSError, ValueError):
-    """A device (e.g. "cuda") that is not valid or not present on this machine."""
+    """A device that torch does not know, or that this machine does not have (e.g. "cuda" without a GPU)."""
 
 
 class ClusterError(VFSError, ConnectionError):

@@ -12,6 +12,7 @@ Boxes are `(top, left, bottom, right)` in pixels; positions are `(row, col)` in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ OUTSIDE = (
 
 
 def mask_to_grid(
-    mask,
+    mask: Any,
     grid: tuple[int, int],
     *,
     preprocess: Preprocess | None = None,
@@ -93,7 +94,7 @@ def window_to_box(
     return (top + row * cell_h, left + col * cell_w, top + (row + height) * cell_h, left + (col + width) * cell_w)
 
 
-def as_mask(mask) -> np.ndarray:
+def as_mask(mask: Any) -> np.ndarray:
     """Any accepted mask -> (H, W) float64 in [0, 1], or a `MaskError` saying what is accepted."""
     if hasattr(mask, "detach"):  # a torch tensor
         mask = mask.detach().cpu().numpy()
@@ -118,7 +119,8 @@ def as_mask(mask) -> np.ndarray:
     return mask.astype(np.float64)
 
 
-def _finish(weights: np.ndarray, binarize, preprocess, image_size, region) -> np.ndarray:
+def _finish(weights: np.ndarray, binarize: float | None, preprocess: Preprocess | None,
+            image_size: tuple[int, int], region: tuple[float, float, float, float]) -> np.ndarray:
     """Check the weights are not all zero (else say why), then clip and optionally threshold them."""
     weights = np.clip(weights, 0.0, 1.0)
     if weights.max() <= 1e-9:
@@ -161,7 +163,7 @@ def _box(box: Sequence[float]) -> tuple[float, float, float, float]:
     return top, left, bottom, right
 
 
-def _grid(grid) -> tuple[int, int]:
+def _grid(grid: Sequence[int]) -> tuple[int, int]:
     rows, cols = (int(v) for v in tuple(grid)[-2:])
     if rows < 1 or cols < 1:
         raise MaskError(f"grid {tuple(grid)} must be (h, w) with h, w >= 1 feature cells")

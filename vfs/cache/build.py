@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,12 +60,15 @@ from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
 from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError, positive_int
 
+if TYPE_CHECKING:
+    from vfs.models.loading import LoadedModel
+
 FLOAT16_MAX = 65504.0  # the largest finite float16
 
 Progress = bool | Callable[[float, str], None]
 
 
-def build_cache(model: Any, layer: str, dataset: ImageDataset | str, out: str | Path, *,
+def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | str, out: str | Path, *,
                 dtype: str = "float16", batch_size: int = 32, input_size: int | None = None,
                 resize: int | None = None, codec: str = CODEC, shard_size: int = SHARD, checksum: bool = True,
                 thumbnail: int = THUMBNAIL, progress: Progress = True, overwrite: bool = False,

@@ -40,8 +40,9 @@ from pathlib import Path
 
 from vfs.cache.build import build_cache
 from vfs.datasets import open_dataset
+from vfs.models.loading import DEFAULT_MODEL
 
-MODEL = "efficientnet_lite0"
+MODEL = DEFAULT_MODEL  # the library's default model
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ import json
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from PIL import Image
 from zarr.abc.store import Store
-from zarr.storage import LocalStore
+from zarr.storage import LocalStore, MemoryStore
 
 from vfs.cache.durable import build_owner
 from vfs.cache.format import SCHEMA, CacheMeta, block_file, block_key, digest, stored_size, thumbnail_size
@@ -41,15 +41,19 @@ from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, Cach
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError, IndexError, EOFError)
 METADATA_ERRORS = (ValueError, KeyError, TypeError)  # JSONDecodeError, zarr's NodeNotFound/MetadataValidation...
 
+if TYPE_CHECKING:
+    from vfs.models.loading import LoadedModel
+
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 
 
-def open_cache(path: str | Path | Store, *, model: Any = None, layer: str | None = None,
+def open_cache(path: str | Path | Store, *, model: LoadedModel | str | None = None, layer: str | None = None,
                in_memory: bool | None = None) -> FeatureCache:
     """Open a finished cache at a folder, an fsspec URL or a zarr store; check it matches `model` and `layer` if given.
 
     `model` is a model name or a `LoadedModel` (then its weights must match too). `in_memory`:
-    True loads everything now, False streams from the store, None decides by size vs free RAM.
+    True loads everything now, False streams from the store, None (the default everywhere, `hub_caches.open`
+    too) loads a local cache that fits in free RAM and streams the rest, and every remote store.
     """
     where = str(path)
     folder = None
@@ -89,7 +93,7 @@ def open_cache(path: str | Path | Store, *, model: Any = None, layer: str | None
                                    f"resume with: {meta.resume_command(where)} (same command)")
     _check_model(meta, where, model=model, layer=layer)
     cache = FeatureCache(group, meta, where=where)
-    if in_memory or (in_memory is None and cache.nbytes < RAM_FRACTION * _available_memory()):
+    if in_memory or (in_memory is None and _local(store) and cache.nbytes < RAM_FRACTION * _available_memory()):
         cache.load()
     return cache
 
@@ -410,3 +414,8 @@ def verify_command(argv: list[str]) -> int:
                   "block of the same array cannot be detected; rebuild it to have every block tied to its "
                   "place", file=sys.stderr)
     return 0
+
+
+def _local(store: Store) -> bool:
+    """Whether reading the whole store is only a disk or memory read (no download)."""
+    return isinstance(store, (LocalStore, MemoryStore))

@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import json
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,18 +215,30 @@ class FolderDataset(ImageDataset):
                 rgb = image.convert("RGB")
         except OSError:  # a body damaged past a good header: keep what decodes, say so
             warnings.warn(f"{self.root / rel} is damaged; using the part that decodes", stacklevel=2)
-            ImageFile.LOAD_TRUNCATED_IMAGES = True
-            try:
-                with Image.open(self.root / rel) as image:
-                    rgb = image.convert("RGB")
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = False
+            rgb = _decode_truncated(self.root / rel)
         box_array = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         return ImageItem(rgb, label, rel, domain, box_array)
 
     def fingerprint(self) -> str:
         return _sha([(row[0], row[1], row[2], row[3], size) for row, size in zip(self._rows, self._sizes)],
                     self.label_names)
+
+
+# PIL reads truncated files only under a process-wide flag: one decode at a time flips it, then puts
+# back whatever it was (a caller's own True included)
+_TRUNCATED_LOCK = threading.Lock()
+
+
+def _decode_truncated(file: Path) -> Image.Image:
+    """The part of a damaged image file that decodes, as RGB."""
+    with _TRUNCATED_LOCK:
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            with Image.open(file) as image:
+                return image.convert("RGB")
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def _read_idx(file: Path) -> np.ndarray:

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from vfs.errors import ModelError
-from vfs.models.preprocess import Preprocess
+from vfs.models.devices import resolve_device
+from vfs.models.preprocess import INTERPOLATIONS, Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,7 +92,7 @@ def load_model(
             "model ('resnet50', 'vgg16', 'densenet121', 'vit_b_16', ...), 'timm:<timm model name>', "
             "or your own network via load_model(name, module=..., weights=...)."
         )
-    loaded.module.to(device).eval()
+    loaded.module.to(resolve_device(device)).eval()
     return loaded
 
 
@@ -255,7 +256,7 @@ def _timm_preprocess(cfg: dict) -> Preprocess:
         crop=crop,
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
-        interpolation=interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bicubic",
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class Preprocess:
         if self.interpolation not in INTERPOLATIONS:
             raise ModelError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}: pick one of those")
 
-    def __call__(self, images) -> torch.Tensor:
+    def __call__(self, images: Any) -> torch.Tensor:
         """PIL image(s), (H, W, 3) uint8 array(s), (B, H, W, 3) array, or (3, H, W) tensor(s) -> (B, 3, crop, crop).
 
         PIL images and uint8 arrays ((H, W), (H, W, 3) or RGBA) are resized with PIL, as timm and
@@ -86,7 +87,7 @@ class Preprocess:
         """Top-left corner of the centre crop in resized pixels (torchvision's rounding)."""
         return int(round((resized_h - self.crop) / 2.0)), int(round((resized_w - self.crop) / 2.0))
 
-    def _one(self, image) -> torch.Tensor:
+    def _one(self, image: Any) -> torch.Tensor:
         """One image -> (3, crop, crop) float32 in [0, 1]."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
@@ -142,7 +143,7 @@ def _overlap_matrix(start: float, stop: float, n_out: int, n_in: int) -> np.ndar
     return overlap / (high - low)
 
 
-def _as_list(images) -> list:
+def _as_list(images: Any) -> list[Any]:
     """A single image or a batch -> a list of single images."""
     if isinstance(images, Image.Image):
         return [images]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from vfs.errors import MaskError, NonFiniteError, SearchError
 from vfs.models.devices import resolve_device
 from vfs.retrieval.kernels import WindowPlan, fused_applies, is_channels_last, make_plan, score_block
 from vfs.retrieval.prepared import PreparedSource
+from vfs.source import Array, Device, Indices, Source
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 CUDA_READ_BYTES = 2 << 30  # on a GPU: fewer, larger blocks (each costs kernel launches and a copy back)
@@ -55,8 +57,9 @@ class BestWindows:
     width: int  # window width in cells
 
 
-def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, per_image: int = 1,
-           block: int | None = None, device=None, any_grid: bool = False) -> list[Match]:
+def search(query: Array, weights: Array, source: Source, *, k: int = 10, exclude: Indices | None = None,
+           subset: Indices | None = None, per_image: int = 1, block: int | None = None,
+           device: Device = None, any_grid: bool = False) -> list[Match]:
     """The `k` best windows over `source` (N, C, H, W), best first, at most `per_image` per image.
 
     `query` is one image's features (C, H, W) and `weights` (H, W) in [0, 1] the region on its grid.
@@ -84,8 +87,8 @@ def search(query, weights, source, *, k: int = 10, exclude=None, subset=None, pe
                   height=plan.height, width=plan.width) for i, s, o in best.ranked()]
 
 
-def best_windows(query, weights, source, *, subset=None, block: int | None = None,
-                 device=None, any_grid: bool = False) -> BestWindows:
+def best_windows(query: Array, weights: Array, source: Source, *, subset: Indices | None = None,
+                 block: int | None = None, device: Device = None, any_grid: bool = False) -> BestWindows:
     """The best window (score, row, col) of every image of `source`, or of `subset` (ascending).
 
     Inputs are checked as `search` checks them (grid, non-finite features): scores are never NaN.
@@ -169,7 +172,7 @@ class Candidates:
         return zip(self.indices.tolist(), self.scores.tolist(), self.offsets.tolist())
 
 
-def plan_search(query, weights, source, *, subset, device,
+def plan_search(query: Array, weights: Array, source: Source, *, subset: Indices | None, device: Device,
                 any_grid: bool = False) -> tuple[WindowPlan, np.ndarray, torch.device]:
     """Validate the inputs; return the plan, the sorted image indices to scan, and the device."""
     query = as_float_tensor(query, "query")
@@ -217,7 +220,7 @@ def plan_search(query, weights, source, *, subset, device,
     return plan, indices, device
 
 
-def as_float_tensor(value, name: str) -> torch.Tensor:
+def as_float_tensor(value: object, name: str) -> torch.Tensor:
     """A torch view of a float numpy array or tensor; anything else is a SearchError."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
@@ -229,8 +232,8 @@ def as_float_tensor(value, name: str) -> torch.Tensor:
                       "convert it with .astype(np.float32)")
 
 
-def is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+def is_positive_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
 
 
 def check_count(value, name: str, hint: str) -> None:
@@ -287,17 +290,17 @@ def nonfinite_rows(features: torch.Tensor, norms: torch.Tensor | None, scores: t
     return bad.cpu().numpy()
 
 
-def check_indices(values, count: int, name: str) -> np.ndarray:
+def check_indices(values: Indices, count: int, name: str) -> np.ndarray:
     """Sorted unique int64 indices, each in [0, count)."""
-    values = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).ravel()
-    if values.size and values.dtype.kind not in "iu":
-        raise SearchError(f"{name} must hold integer image indices, got dtype {values.dtype}")
-    values = np.unique(values.astype(np.int64))
-    if values.size and (values[0] < 0 or values[-1] >= count):
-        bad = values[0] if values[0] < 0 else values[-1]
+    given = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).ravel()
+    if given.size and given.dtype.kind not in "iu":
+        raise SearchError(f"{name} must hold integer image indices, got dtype {given.dtype}")
+    unique: np.ndarray = np.unique(given.astype(np.int64))
+    if unique.size and (unique[0] < 0 or unique[-1] >= count):
+        bad = unique[0] if unique[0] < 0 else unique[-1]
         raise SearchError(f"{name} holds index {bad}, outside the source's range [0, {count}): "
                           "pass indices of images in this source")
-    return values
+    return unique
 
 
 def kernel_chunk(plan: WindowPlan, count: int) -> int:
@@ -305,7 +308,7 @@ def kernel_chunk(plan: WindowPlan, count: int) -> int:
     return min(plan.chunk, max(1, count))
 
 
-def scan(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
+def scan(plan: WindowPlan, source: Source, indices: np.ndarray, *, block: int | None, device: torch.device,
          ignore: np.ndarray | None = None, chunk: int | None = None,
          position: int = 0) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield (indices (n,), scores (n, offsets)) over `indices`, one read block at a time.
@@ -373,7 +376,7 @@ def pad_front(values: torch.Tensor, lead: int) -> torch.Tensor:
     return out
 
 
-def read(source, indices: np.ndarray) -> torch.Tensor:
+def read(source: Source, indices: np.ndarray) -> torch.Tensor:
     """Rows `indices` (sorted) of a source that slices along dim 0, as a tensor (n, ...) in its own dtype."""
     if len(indices) == 0:
         raise SearchError("internal: nothing to read")
@@ -389,7 +392,7 @@ def read(source, indices: np.ndarray) -> torch.Tensor:
     return torch.cat([as_tensor(source[int(run[0]):int(run[-1]) + 1]) for run in runs])
 
 
-def as_tensor(values) -> torch.Tensor:
+def as_tensor(values: Any) -> torch.Tensor:
     """A tensor sharing memory with a sliced block (numpy array or tensor), strides kept."""
     if isinstance(values, torch.Tensor):
         return values
