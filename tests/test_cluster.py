@@ -31,7 +31,7 @@ from vfs.errors import ClusterError
 from vfs.retrieval import numba_kernel
 from vfs.retrieval.cluster import CacheOpener, load_shard, open_cluster_cache
 from vfs.retrieval.command import search_command
-from vfs.retrieval.window import Candidates, best_windows, each_best, prepare, search
+from vfs.retrieval.window import Candidates, best_windows, each_best, plan_search, search
 
 distributed = pytest.importorskip("distributed", reason="needs dask's distributed (requirements.txt)")
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_search_in_parts_equals_whole_search_bit_for_bit(kernel, caches, dtype, 
     """
     local = vfs.open_cache(caches[dtype], in_memory=True)
     opener = CacheOpener(str(caches[dtype]))
-    plan, indices, device = prepare(np.asarray(local[7], np.float32), masks()[mask], local, subset=None,
+    plan, indices, device = plan_search(np.asarray(local[7], np.float32), masks()[mask], local, subset=None,
                                     device=None)
     whole = each_best(plan, local, indices, block=None, device=device)
     shards = [load_shard(opener, block) for block in range(local.meta.blocks)]

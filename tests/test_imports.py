@@ -116,7 +116,8 @@ def test_lower_layers_never_import_upper_ones():
 
 
 # The app modules that build the page; every other app module is plain functions, testable without gradio.
-GRADIO_MODULES = {"app.ui", "app.compare_tab", "app.analysis_tab", "app.wiring", "app.__main__"}
+GRADIO_MODULES = {"app.ui", "app.search_tab", "app.search_actions", "app.compare_tab", "app.analysis_tab", "app.wiring",
+                  "app.__main__"}
 
 NO_GRADIO = """
 import importlib, pkgutil, sys

@@ -160,8 +160,8 @@ def check_options(*, dtype: str, batch_size: int, input_size: int | None, resize
 
 
 def _contents(folder: Path) -> list[Path]:
-    """What a folder holds besides the build lock."""
-    return [path for path in folder.iterdir() if path.name != LOCK]
+    """What a folder holds besides the build lock (nothing when it does not exist yet)."""
+    return [path for path in folder.iterdir() if path.name != LOCK] if folder.is_dir() else []
 
 
 def _finish(group: zarr.Group, meta: CacheMeta) -> None:

@@ -19,21 +19,25 @@ def resolve_device(device: str | torch.device | None, *, default: str | torch.de
     if device is None:
         device = default
     try:
-        device = torch.device(device)
+        checked = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise DeviceError(f"{device!r} is not a device ({error}): use 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda":
+        raise _unusable(device, f"not a device ({error})") from None
+    if checked.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise DeviceError(f"device {str(device)!r} was asked for but this machine has no CUDA GPU "
-                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}): "
-                              "use device 'cpu'")
-        if device.index is not None and device.index >= count:
-            raise DeviceError(f"device {str(device)!r} does not exist: this machine has {count} CUDA "
-                              f"GPU(s), cuda:0 to cuda:{count - 1}")
-    elif device.type != "cpu":
-        raise DeviceError(f"device {str(device)!r} is not supported: use 'cpu' or 'cuda' ('cuda:N')")
-    return device
+            raise _unusable(device, f"no CUDA GPU (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        if checked.index is not None and checked.index >= count:
+            raise _unusable(device, f"no such CUDA GPU ({count} present)")
+    elif checked.type != "cpu":
+        raise _unusable(device, "not supported (only cpu and cuda are)")
+    return checked
+
+
+def _unusable(device: str | torch.device, why: str) -> DeviceError:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(count)])
+    return DeviceError(f"device {str(device)!r} cannot be used here: {why}; this machine has {have}: "
+                       "pass one of those (or None for the default)")
 
 
 def mixed_precision(device: torch.device, *, enabled: bool = True) -> contextlib.AbstractContextManager:

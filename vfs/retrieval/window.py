@@ -78,7 +78,8 @@ def search(query: Array, weights: Array, source: Source, *, k: int = 10, exclude
                                         device="cpu" if is_self_scoring(source) else device)
     excluded = check_indices(exclude if exclude is not None else [], int(source.shape[0]), "exclude")
     if is_self_scoring(source):  # a cluster scores its own shards (vfs.retrieval.cluster.ClusterCache)
-        best = source.cluster_top_windows(plan, indices, excluded=excluded, k=k, per_image=per_image)
+        best = source.cluster_top_windows(plan, indices, excluded=excluded, k=k,  # type: ignore[attr-defined]
+                                          per_image=per_image)
     else:
         best = top_windows(plan, source, indices, excluded=excluded, k=k, per_image=per_image,
                            block=block, device=device)
@@ -96,7 +97,7 @@ def best_windows(query: Array, weights: Array, source: Source, *, subset: Indice
     plan, indices, device = plan_search(query, weights, source, subset=subset, any_grid=any_grid,
                                         device="cpu" if is_self_scoring(source) else device)
     if is_self_scoring(source):
-        indices, scores, offsets = source.cluster_best_windows(plan, indices)
+        indices, scores, offsets = source.cluster_best_windows(plan, indices)  # type: ignore[attr-defined]
     else:
         indices, scores, offsets = each_best(plan, source, indices, block=block, device=device)
     columns = plan.offsets[1]
@@ -104,12 +105,12 @@ def best_windows(query: Array, weights: Array, source: Source, *, subset: Indice
                        height=plan.height, width=plan.width)
 
 
-def is_self_scoring(source) -> bool:
+def is_self_scoring(source: Source) -> bool:
     """True for a source that scores its own data where it lives (a `ClusterCache`): it gets the plan."""
     return callable(getattr(source, "cluster_top_windows", None))
 
 
-def top_windows(plan: WindowPlan, source, indices: np.ndarray, *, excluded: np.ndarray, k: int, per_image: int,
+def top_windows(plan: WindowPlan, source: Source, indices: np.ndarray, *, excluded: np.ndarray, k: int, per_image: int,
                 block: int | None, device: torch.device, chunk: int | None = None,
                 position: int = 0) -> Candidates:
     """The k best (index, score, offset) over `indices` of `source`, at most `per_image` per image.
@@ -133,7 +134,7 @@ def top_windows(plan: WindowPlan, source, indices: np.ndarray, *, excluded: np.n
     return best
 
 
-def each_best(plan: WindowPlan, source, indices: np.ndarray, *, block: int | None, device: torch.device,
+def each_best(plan: WindowPlan, source: Source, indices: np.ndarray, *, block: int | None, device: torch.device,
               chunk: int | None = None, position: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices (M,) int64, best scores (M,) float32, best offsets (M,) int64) of every image of `indices`."""
     parts_indices, parts_scores, parts_offsets = [], [], []
@@ -236,13 +237,13 @@ def is_positive_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
 
 
-def check_count(value, name: str, hint: str) -> None:
+def check_count(value: object, name: str, hint: str) -> None:
     """A positive int (not a bool, not a float) or a SearchError saying what to pass."""
     if not is_positive_int(value):
         raise SearchError(f"{name} must be a positive integer, got {value!r}: {hint}")
 
 
-def check_grid(query_grid: tuple[int, ...], grid: tuple[int, int], source) -> None:
+def check_grid(query_grid: tuple[int, ...], grid: tuple[int, int], source: Source) -> None:
     """The query's (H, W) must be the source's: features of another input size describe other regions."""
     if tuple(query_grid) == tuple(grid):
         return
@@ -369,7 +370,7 @@ def check_finite(indices: np.ndarray, features: torch.Tensor, norms: torch.Tenso
 
 def pad_front(values: torch.Tensor, lead: int) -> torch.Tensor:
     """`lead` rows of zeros, then `values` (n, ...), in the same memory layout: (lead + n, ...)."""
-    order = sorted(range(values.ndim), key=lambda d: -values.stride(d))  # dims from outermost in memory
+    order = sorted(range(values.ndim), key=lambda d: -values.stride()[d])  # dims from outermost in memory
     padded = values.new_zeros((lead + values.shape[0], *(values.shape[d] for d in order[1:])))
     out = padded.permute(0, *[order[1:].index(d) + 1 for d in range(1, values.ndim)])  # the input's layout
     out[lead:] = values
