@@ -66,14 +66,22 @@ def read_shard(data: bytes, *, rows: int, per_shard: int, row_shape: tuple[int, 
         tail = 4 if checksum else 0
         if offset == EMPTY or offset + length > len(data) - index_size or length < tail:
             raise ValueError(f"chunk {row} is missing from the shard index")
-        payload, stored = view[offset:offset + length - tail], view[offset + length - tail:offset + length]
-        if checksum and crc32c(payload) != int.from_bytes(stored, "little"):
-            raise ValueError(f"chunk {row} fails its crc32c checksum")
-        raw = blosc.decompress(payload) if compressed else payload
-        if len(raw) != flat.shape[1]:
-            raise ValueError(f"chunk {row} decodes to {len(raw)} bytes, expected {flat.shape[1]}")
-        flat[row] = np.frombuffer(raw, dtype=np.uint8)
+        flat[row] = _decode_chunk(view[offset:offset + length], row, size=flat.shape[1], compressed=compressed,
+                                  checksum=checksum)
     return out
+
+
+def _decode_chunk(chunk: bytes | memoryview, row: int, *, size: int, compressed: bool,
+                  checksum: bool) -> np.ndarray:
+    """One stored chunk (payload, then its crc32c when `checksum`) -> its `size` raw bytes, checked."""
+    tail = 4 if checksum else 0
+    payload = memoryview(chunk)[:len(chunk) - tail]
+    if checksum and crc32c(payload) != int.from_bytes(chunk[len(chunk) - tail:], "little"):
+        raise ValueError(f"chunk {row} fails its crc32c checksum")
+    raw = blosc.decompress(payload) if compressed else payload
+    if len(raw) != size:
+        raise ValueError(f"chunk {row} decodes to {len(raw)} bytes, expected {size}")
+    return np.frombuffer(raw, dtype=np.uint8)
 
 
 def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
@@ -142,11 +150,5 @@ def read_rows(file, index: np.ndarray, rows: np.ndarray, *, row_shape: tuple[int
         data = os.pread(file.fileno(), length, offset)
         if len(data) != length:
             raise ValueError(f"chunk {row} is cut short: {len(data)} of {length} bytes")
-        payload = memoryview(data)[:length - tail]
-        if checksum and crc32c(payload) != int.from_bytes(data[length - tail:], "little"):
-            raise ValueError(f"chunk {row} fails its crc32c checksum")
-        raw = blosc.decompress(payload) if compressed else payload
-        if len(raw) != flat.shape[1]:
-            raise ValueError(f"chunk {row} decodes to {len(raw)} bytes, expected {flat.shape[1]}")
-        flat[i] = np.frombuffer(raw, dtype=np.uint8)
+        flat[i] = _decode_chunk(data, row, size=flat.shape[1], compressed=compressed, checksum=checksum)
     return out
