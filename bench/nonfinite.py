@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vfs
-from vfs.retrieval import window
+from vfs.retrieval import checks
 
 
 def scores_only(features, norms, scores):
@@ -47,7 +47,7 @@ def main() -> None:
     base = rng.standard_normal((args.images, 7, 7, 512), dtype=np.float32)  # (N, H, W, C)
     masks = {"3x3": np.zeros((7, 7), np.float32), "7x7": np.ones((7, 7), np.float32)}
     masks["3x3"][2:5, 2:5] = 1
-    shipped = window.nonfinite_rows
+    shipped = checks.nonfinite_rows
     for dtype in (np.float32, np.float16):
         last = base.astype(dtype)
         layouts = {"channels-last": last.transpose(0, 3, 1, 2),
@@ -58,9 +58,9 @@ def main() -> None:
                 def run(weights=weights, source=source, query=query):
                     return vfs.search(query, weights, source, k=10)
 
-                window.nonfinite_rows = scores_only
+                checks.nonfinite_rows = scores_only
                 cheap = best(run)
-                window.nonfinite_rows = shipped
+                checks.nonfinite_rows = shipped
                 checked = best(run)
                 print(f"{np.dtype(dtype).name:<8} {layout:<13} mask {name}: scores only {cheap:.3f} s, "
                       f"shipped check {checked:.3f} s   (ratio {checked / cheap:.2f})")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vfs.errors import NonFiniteError, SearchError
-from vfs.retrieval.window import check_count, check_indices
+from vfs.retrieval.checks import check_count, check_indices
 
 POOLINGS = ("avg", "max")
 _EPS = 1e-12  # a pooled vector shorter than this counts as zero
