@@ -25,7 +25,8 @@ from torch import nn
 import vfs
 import vfs.__main__
 from vfs.cache.build import build_cache
-from vfs.cache.reader import open_cache, verify_command
+from vfs.cache.commands import verify_command
+from vfs.cache.reader import open_cache
 from vfs.datasets import ArrayDataset
 from vfs.errors import (
     CacheBusyError,

@@ -56,7 +56,7 @@ def canvases(folder, count: int, *, seed: int, empty: int = 0) -> None:
 def world(tmp_path_factory):
     """A searched cache (24 canvases, 4 empty) and a query cache (8 other canvases), both built with
     `python -m vfs index --module tinynet:make`."""
-    from vfs.cache.build import index_command
+    from vfs.cache.commands import index_command
 
     root = tmp_path_factory.mktemp("protocols")
     (root / "tinynet.py").write_text(TINYNET)

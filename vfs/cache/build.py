@@ -22,14 +22,11 @@ is kept for folders of large JPEGs, where decoding costs as much as the model (n
 
 from __future__ import annotations
 
-import argparse
-import os
 import queue
 import shutil
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,16 +53,16 @@ from vfs.cache.format import (
     digest,
     thumbnail_size,
 )
+from vfs.cache.progress import Progress, Reporter
 from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
-from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError, positive_int
+from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError
 
 if TYPE_CHECKING:
     from vfs.models.loading import LoadedModel
 
 FLOAT16_MAX = 65504.0  # the largest finite float16
 
-Progress = bool | Callable[[float, str], None]
 
 
 def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | str, out: str | Path, *,
@@ -122,7 +119,7 @@ def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | st
             return out
         done = group["progress"][:].any(axis=1)  # (blocks,)
         todo = [block for block in range(meta.blocks) if not done[block]]
-        reporter = _Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
+        reporter = Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
         try:
             if scheduler is not None:
                 from vfs.cache.cluster_build import BuildJob, build_on_cluster
@@ -285,7 +282,7 @@ def block_inputs(data: ImageDataset, meta: CacheMeta, preprocess: Any, block: in
 
 @torch.inference_mode()
 def _extract(extractor: Any, images: list[torch.Tensor], dtype: str, *, first: int,
-             reporter: _Reporter | None) -> torch.Tensor:
+             reporter: Reporter | None) -> torch.Tensor:
     """Batches of model input (images `first`, `first + 1`...) -> stored features (n, H, W, C) in the cache dtype."""
     parts = []
     for batch in images:
@@ -374,72 +371,3 @@ def _versions() -> dict[str, str]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-class _Reporter:
-    """A tqdm bar (images/s, time left), a `callable(fraction, message)`, or nothing."""
-
-    def __init__(self, progress: Progress, *, total: int, done: int, name: str):
-        self.callback = progress if callable(progress) else None
-        self.total, self.done, self.start, self.first = total, done, time.monotonic(), done
-        self.bar = None
-        if progress is True:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, unit="img", desc=f"indexing {name}", smoothing=0.1)
-        self._call()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        self._call()
-
-    def _call(self) -> None:
-        if self.callback is None:
-            return
-        elapsed = time.monotonic() - self.start
-        rate = (self.done - self.first) / elapsed if elapsed > 0 and self.done > self.first else 0.0
-        left = f", {(self.total - self.done) / rate:.0f} s left" if rate else ""
-        self.callback(self.done / self.total, f"{self.done}/{self.total} images ({rate:.0f}/s{left})")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def index_command(argv: list[str]) -> int:
-    """`python -m vfs index [--model NAME | --module PKG.MOD:FACTORY] [--weights PATH] --layer LAYER --dataset SPEC
-    --out PATH`: build or resume a cache."""
-    from vfs.models.arguments import add_model_arguments, model_from_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m vfs index", description=index_command.__doc__)
-    add_model_arguments(parser)
-    parser.add_argument("--layer", required=True, help="layer name; `python -m vfs layers` lists them")
-    parser.add_argument("--dataset", required=True,
-                        help="dataset spec, e.g. fashion-mnist:test[:500], folder:PATH, hf:NAME_OR_PATH[:split]")
-    parser.add_argument("--out", required=True, type=Path, help="cache folder (resumed if unfinished)")
-    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-    parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--input-size", type=positive_int, default=None, help="side the model sees (default: model's)")
-    parser.add_argument("--resize", type=positive_int, default=None,
-                        help="shorter side before the centre crop (default: the model's ratio)")
-    parser.add_argument("--codec", default=CODEC, choices=CODECS)
-    parser.add_argument("--shard-size", type=positive_int, default=SHARD, help=f"images per shard (default {SHARD})")
-    parser.add_argument("--thumbnail", type=positive_int, default=THUMBNAIL,
-                        help=f"thumbnail side in pixels (default {THUMBNAIL})")
-    parser.add_argument("--no-checksum", dest="checksum", action="store_false",
-                        help="no crc32c per chunk (damage is then found only by size and block digests)")
-    parser.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch threads")
-    parser.add_argument("--device", default="cpu",
-                        help="where the model runs: cpu (default) or cuda / cuda:N (float16 autocast)")
-    parser.add_argument("--scheduler", default=os.environ.get("VFS_SCHEDULER") or None,
-                        help="Dask scheduler address: build the shards on its workers (env VFS_SCHEDULER)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    path = build_cache(model_from_arguments(args), args.layer, args.dataset, args.out, dtype=args.dtype,
-                       batch_size=args.batch_size, input_size=args.input_size, resize=args.resize,
-                       codec=args.codec, shard_size=args.shard_size, thumbnail=args.thumbnail,
-                       checksum=args.checksum, scheduler=args.scheduler, device=args.device)
-    print(f"cache ready: {path}")
-    return 0

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 import zarr
 
-from vfs.cache.build import _extract, _Reporter, _write_block, block_inputs
+from vfs.cache.build import _extract, _write_block, block_inputs
 from vfs.cache.durable import DurableStore
 from vfs.cache.format import CacheMeta
+from vfs.cache.progress import Reporter
 from vfs.cluster import connect, use_worker_threads, worker_address
 from vfs.errors import CacheError, CacheMismatchError, DatasetError, VFSError
 
@@ -44,7 +45,7 @@ class BuildJob:
     device: str  # where the model runs on the worker ("cpu", "cuda")
 
 
-def build_on_cluster(job: BuildJob, blocks: list[int], *, scheduler: Any, reporter: _Reporter,
+def build_on_cluster(job: BuildJob, blocks: list[int], *, scheduler: Any, reporter: Reporter,
                      meta: CacheMeta) -> None:
     """Build `blocks` of the cache at `job.out` on the cluster, reporting each block as it finishes."""
     from distributed import as_completed

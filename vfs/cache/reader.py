@@ -392,30 +392,6 @@ def _available_memory() -> int:
     return 4 << 30
 
 
-def verify_command(argv: list[str]) -> int:
-    """`python -m vfs verify PATH [PATH ...]`: read every block of each cache, checking sizes and checksums."""
-    import argparse
-    import sys
-    import time
-
-    parser = argparse.ArgumentParser(prog="python -m vfs verify", description=verify_command.__doc__)
-    parser.add_argument("paths", nargs="+", type=Path, help="cache folders (as built by `python -m vfs index`)")
-    args = parser.parse_args(argv)
-    for path in args.paths:
-        started = time.perf_counter()
-        cache = open_cache(path, in_memory=False)  # an unfinished cache is refused here, with its resume command
-        blocks = cache.verify()
-        meta = cache.meta
-        bound = "sizes, checksums and positions" if cache.positions_bound else "sizes and checksums"
-        print(f"ok: {path}: {meta.count:,} images of {meta.dataset}, {meta.model} {meta.layer!r}, "
-              f"{blocks} blocks read and checked ({bound}) in {time.perf_counter() - started:.1f} s")
-        if not cache.positions_bound:
-            print(f"note: {path} was built before block digests existed, so a block file copied over another "
-                  "block of the same array cannot be detected; rebuild it to have every block tied to its "
-                  "place", file=sys.stderr)
-    return 0
-
-
 def _local(store: Store) -> bool:
     """Whether reading the whole store is only a disk or memory read (no download)."""
     return isinstance(store, (LocalStore, MemoryStore))
