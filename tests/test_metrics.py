@@ -22,7 +22,7 @@ from vfs.analysis.metrics import (
     top_k_ious,
     window_ious,
 )
-from vfs.analysis.statistics import estimate
+from vfs.analysis.statistics import clustered_auroc, estimate
 from vfs.errors import SearchError
 
 
@@ -131,6 +131,86 @@ def test_estimate_has_standard_error_and_t_interval():
     low, high = stats.t.interval(0.95, 3, loc=2.5, scale=found.se)
     assert (found.low, found.high) == (pytest.approx(low), pytest.approx(high))
     assert np.isnan(estimate([1.0]).se) and estimate([]).count == 0
+
+
+def naive_clustered_auroc(scores, positives) -> tuple[float, float]:
+    """Obuchowski (1997) written out with loops over every (positive, negative) pair: the oracle."""
+    pairs = [(q, s, bool(p)) for q, (row, flags) in enumerate(zip(scores, positives))
+             for s, p in zip(row, flags) if not np.isnan(s)]
+    pos = [(q, s) for q, s, p in pairs if p]
+    neg = [(q, s) for q, s, p in pairs if not p]
+
+    def psi(x, y):
+        return 1.0 if x > y else 0.5 if x == y else 0.0
+
+    theta = sum(psi(x, y) for _, x in pos for _, y in neg) / (len(pos) * len(neg))
+    clusters = len(scores)
+    s10 = s01 = s11 = 0.0
+    for i in range(clusters):
+        v10 = sum(sum(psi(x, y) for _, y in neg) / len(neg) for q, x in pos if q == i)
+        v01 = sum(sum(psi(x, y) for _, x in pos) / len(pos) for q, y in neg if q == i)
+        m_i, n_i = sum(q == i for q, _ in pos), sum(q == i for q, _ in neg)
+        s10 += (v10 - m_i * theta) ** 2
+        s01 += (v01 - n_i * theta) ** 2
+        s11 += (v10 - m_i * theta) * (v01 - n_i * theta)
+    f = clusters / (clusters - 1)
+    var = f * s10 / len(pos) ** 2 + f * s01 / len(neg) ** 2 + 2 * f * s11 / (len(pos) * len(neg))
+    return theta, var**0.5
+
+
+def test_clustered_auroc_by_hand():
+    # query 0: positive 0.9 above its negative 0.1; query 1: positive 0.4 below its negative 0.6.
+    # Pooled: 3 of 4 pairs ordered, AUROC 0.75; placement sums per query d10 = d01 = (+0.25, -0.25),
+    # so S10 = S01 = 2 * 0.125 / 2 = 0.125, S11 = 2 * 0.125 = 0.25 and
+    # var = 0.125 / 2 + 0.125 / 2 + 2 * 0.25 / 4 = 0.25: se 0.5.
+    found = clustered_auroc([[0.9, 0.1], [0.4, 0.6]], [[True, False], [True, False]])
+    assert (found.mean, found.se, found.count) == (0.75, 0.5, 2)
+    assert (found.low, found.high) == (0.0, 1.0)  # 0.75 -+ 0.98, clipped
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clustered_auroc_equals_the_naive_loops_with_ties_and_nans(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 5, size=(6, 9)).astype(np.float64)  # (Q, N), many ties
+    scores[rng.random(scores.shape) < 0.15] = np.nan  # e.g. each query itself
+    positives = rng.random(scores.shape) < 0.4
+    positives[0] = False  # a query with no positive at all still counts as a cluster
+    found = clustered_auroc(scores, positives)
+    theta, se = naive_clustered_auroc(scores, positives)
+    valid = ~np.isnan(scores)
+    assert found.mean == pytest.approx(roc_auc_score(positives[valid], scores[valid]), abs=1e-12)
+    assert (found.mean, found.se) == (pytest.approx(theta, abs=1e-12), pytest.approx(se, abs=1e-12))
+    assert found.count == 6
+
+
+def test_clustered_auroc_se_matches_the_spread_of_simulated_experiments():
+    """Queries with their own random offset (pairs of one query move together): the clustered se is
+    the standard deviation of the pooled AUROC over repeated experiments; treating the pairs as
+    independent (Hanley & McNeil) would claim one about a third smaller."""
+    rng = np.random.default_rng(0)
+    thetas, ses, independent = [], [], []
+    for _ in range(300):
+        positives = rng.random((30, 40)) < 0.3  # (Q, N)
+        offset = rng.normal(0.0, 1.0, size=(30, 1))  # the query's own level, shared by its images
+        lift = rng.normal(0.8, 0.6, size=(30, 1))  # and its own separation
+        scores = offset + lift * positives + rng.normal(size=(30, 40))
+        found = clustered_auroc(scores, positives)
+        thetas.append(found.mean)
+        ses.append(found.se)
+        m, n, a = positives.sum(), (~positives).sum(), found.mean
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        independent.append(np.sqrt((a * (1 - a) + (m - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (m * n)))
+    spread = np.std(thetas, ddof=1)
+    assert np.mean(ses) == pytest.approx(spread, rel=0.15)
+    assert np.mean(independent) < 0.7 * spread  # about 0.63 here
+
+
+def test_clustered_auroc_of_one_class_or_one_query():
+    assert np.isnan(clustered_auroc([[0.1, 0.2]], [[True, True]]).mean)
+    one = clustered_auroc([[0.1, 0.9]], [[False, True]])
+    assert one.mean == 1.0 and np.isnan(one.se)
+    with pytest.raises(SearchError, match="one row of scores"):
+        clustered_auroc([0.1, 0.2], [True, False])
 
 
 def test_box_iou_and_binning():
@@ -255,6 +335,10 @@ def test_experiment_command_reports_what_the_metrics_compute(tiny_cache, tmp_pat
     direct = label_scores(cache, np.arange(12), cache.labels)
     assert record["rows"][-1]["auroc"] == pytest.approx(np.nanmean(direct.aurocs))
     assert record["pooled_auroc"] > 0.9
+    pooled = clustered_auroc(direct.scores, direct.same)
+    assert (record["pooled_auroc"], record["pooled_auroc_se"]) == (pytest.approx(pooled.mean), pytest.approx(pooled.se))
+    assert record["pooled_auroc_ci95"] == [pytest.approx(pooled.low), pytest.approx(pooled.high)]
+    assert f"{pooled.mean:.3f} ± {pooled.se:.3f}" in capsys.readouterr().out
 
 
 def test_experiment_command_explains_missing_data(tiny_cache, capsys):

@@ -154,6 +154,11 @@ def test_v2_protocols_write_their_figures(world, monkeypatch):
     record = json.loads((out / "v2-fig3.json").read_text())
     assert [row["query"] for row in record["rows"]] == ["region", "whole image"]
     assert 0.0 <= record["rows"][0]["AUROC"] <= 1.0 and (out / "v2-fig3.png").is_file()
+    for row in record["rows"]:  # the pooled AUROC has its standard error, queries as clusters
+        assert 0.0 <= row["pooled AUROC"] <= 1.0 and row["pooled AUROC se"] > 0.0
+        low, high = row["pooled AUROC ci95"]
+        assert low <= row["pooled AUROC"] <= high
+    assert "pooled AUROC" in (out / "v2-fig3.md").read_text()
 
 
 def test_a_model_that_cannot_be_rebuilt_is_explained(world, monkeypatch, capsys):

@@ -30,7 +30,7 @@ import numpy as np
 
 from vfs.analysis import metrics
 from vfs.analysis.query_sets import QuerySet, choose_queries, open_query_set
-from vfs.analysis.statistics import estimate
+from vfs.analysis.statistics import clustered_auroc, estimate
 from vfs.analysis.tables import format_table, label_name, per_label, write_json
 from vfs.errors import VFSError, positive_int
 
@@ -160,7 +160,7 @@ def run_auroc(args) -> dict:
                                   **search_options(qs, cache, boxes=args.boxes))
     valid = ~np.isnan(result.scores)
     same, other = result.scores[valid & result.same], result.scores[valid & ~result.same]
-    pooled = metrics.auroc(np.r_[same, other], np.r_[np.ones(len(same), bool), np.zeros(len(other), bool)])
+    pooled = clustered_auroc(result.scores, result.same)  # the queries as clusters
     med_same = np.array([np.nanmedian(np.where(s, r, np.nan)) if s.any() else np.nan
                          for s, r in zip(result.same, result.scores)])
     med_other = np.array([np.nanmedian(np.where(s, np.nan, r)) for s, r in zip(result.same, result.scores)])
@@ -175,7 +175,10 @@ def run_auroc(args) -> dict:
             "same": np.nanquantile(np.where(o, s, np.nan), QUANTILES).tolist() if o.any() else None,
             "other": np.nanquantile(np.where(o, np.nan, s), QUANTILES).tolist()}
     return {"rows": rows, "columns": ["label", "queries", "auroc", "median same", "median other"],
-            "note": f"pooled AUROC over all (query, image) pairs: {pooled:.3f}", "pooled_auroc": pooled,
+            "note": f"pooled AUROC over all (query, image) pairs: {pooled.mean:.3f} ± {pooled.se:.3f} "
+                    f"(standard error with each query a cluster, Obuchowski 1997; 95 % interval "
+                    f"{pooled.low:.3f}-{pooled.high:.3f})",
+            **{key.replace(" ", "_"): value for key, value in pooled.columns("pooled auroc").items()},
             "queries_from": qs.name, "quantiles": list(QUANTILES), "distributions": distributions,
             "histogram": {"edges": HISTOGRAM_BINS.tolist(), "same": np.histogram(same, HISTOGRAM_BINS)[0].tolist(),
                           "other": np.histogram(other, HISTOGRAM_BINS)[0].tolist()}}
