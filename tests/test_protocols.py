@@ -184,3 +184,50 @@ def test_search_command_takes_the_model_from_the_command_line(world, monkeypatch
     assert search_command(["--module", "tinynet:make", "--layer", "1", "--query", "chelsea", "--k", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("tiny (") and "layer 1" in printed
+
+
+def test_a_module_build_killed_at_start_prints_a_resume_command_that_resumes(world, tmp_path):
+    """`index --module pkg.mod:factory --weights PATH`, killed as it starts: the unfinished cache's
+    message gives the command that resumes it (the module and the weights, not `--model NAME`)."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from vfs.cache.reader import open_cache
+    from vfs.errors import CacheIncompleteError
+    from vfs.models.loading import file_id
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "tinynet.py").write_text(TINYNET)
+    with torch.no_grad():  # other weights than make()'s own, so a resume without --weights would differ
+        state = {k: v + 0.5 for k, v in torch.nn.Sequential(torch.nn.Conv2d(3, 6, 4, stride=4)).state_dict().items()}
+    torch.save(state, tmp_path / "my weights.pt")
+    out = tmp_path / "cache $HOME"
+    argv = ["--module", "tinynet:make", "--weights", "my weights.pt", "--layer", "1", "--dataset",
+            f"folder:{world / 'searched'}", "--out", str(out), "--threads", "1", "--shard-size", "8"]
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+    died = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+import vfs.cache.build as cb
+from vfs.cache.commands import index_command
+cb._create_digests = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed while creating arrays
+index_command({argv!r})
+"""], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert died.returncode == -9, died.stderr
+    with pytest.raises(CacheIncompleteError, match="resume with") as raised:
+        open_cache(out)
+    command = str(raised.value).split("resume with: ", 1)[1].removesuffix(" (same command)")
+    resume = shlex.split(command)
+    assert resume[:3] == ["python", "-m", "vfs"] and "--model" not in resume
+    assert resume[resume.index("--module") + 1] == "tinynet:make"
+    assert resume[resume.index("--weights") + 1] == str(tmp_path / "my weights.pt")
+    resumed = subprocess.run([sys.executable, *resume[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    cache = open_cache(out)
+    cache.verify()
+    assert cache.meta.weights_id == file_id(tmp_path / "my weights.pt") and cache.meta.count == 24
+    assert cache.meta.model == "tiny"  # the name make() gives it

@@ -112,7 +112,7 @@ def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | st
         dtype=dtype, count=len(data), shard_size=shard_size, batch_size=batch_size, codec=codec, checksum=checksum,
         thumbnail=thumbnail, dataset=data.name, dataset_fingerprint=data.fingerprint(),
         label_names=tuple(data.label_names), arrays=arrays, versions=_versions(),
-        created=_now(), finished=None, status="building")
+        created=_now(), finished=None, status="building", model_args=loaded.loads_with)
     with build_lock(out), zarr.config.set({"array.write_empty_chunks": True}):
         group, meta = _open_or_create(out, meta, overwrite=overwrite)
         if meta.status == "complete":

@@ -92,6 +92,7 @@ class CacheMeta:
     created: str                   # ISO time the build started
     finished: str | None           # ISO time the build finished, None while building
     status: str                    # "building" or "complete"
+    model_args: tuple[str, ...] = ()  # `python -m vfs` options that load the model again; () = `--model NAME`
 
     @property
     def blocks(self) -> int:
@@ -100,7 +101,7 @@ class CacheMeta:
 
     def identity(self) -> dict[str, Any]:
         """What must match for two builds to be the same cache (everything but times and versions)."""
-        skip = ("versions", "created", "finished", "status", "batch_size")
+        skip = ("versions", "created", "finished", "status", "batch_size", "model_args")
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
 
     def to_attrs(self) -> dict[str, Any]:
@@ -113,6 +114,7 @@ class CacheMeta:
         values["label_names"] = tuple(values["label_names"])
         values["arrays"] = tuple(values["arrays"])
         values.setdefault("batch_size", 32)  # caches written before the field existed used the default
+        values["model_args"] = tuple(values.get("model_args", ()))  # () in caches written before it existed
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     def make_preprocess(self):
@@ -125,11 +127,11 @@ class CacheMeta:
 
     def resume_command(self, out: str | Path) -> str:
         """The `python -m vfs index` command that builds (or resumes) this cache at `out`, shell-quoted."""
-        options = ["--model", self.model, "--layer", self.layer, "--dataset", self.dataset, "--out", str(out),
+        model = list(self.model_args) or ["--model", self.model] + (["--weights", "random"]
+                                                                     if self.weights_id == "random" else [])
+        options = [*model, "--layer", self.layer, "--dataset", self.dataset, "--out", str(out),
                    "--dtype", self.dtype, "--input-size", str(self.input_size),
                    "--resize", str(self.preprocess["size"]), "--batch-size", str(self.batch_size)]
-        if self.weights_id == "random":
-            options += ["--weights", "random"]
         if self.codec != CODEC:
             options += ["--codec", self.codec]
         if self.shard_size != SHARD:

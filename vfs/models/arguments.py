@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -48,12 +49,22 @@ def model_from_arguments(args: argparse.Namespace, *, device: str = "cpu") -> Lo
         if args.weights is not None:
             made = load_model(made.name, module=made.module, weights=args.weights, preprocess=made.preprocess)
         made.module.to(device).eval()
-        return made
+        return replace(made, loads_with=_module_options(args, named=False))
     if not isinstance(made, nn.Module):
         raise ModelError(f"{args.module}() returned {type(made).__name__}: it must return a torch nn.Module "
                          "(or a vfs LoadedModel)")
-    name = args.model if args.model not in (None, DEFAULT_MODEL) else args.module
-    return load_model(name, module=made, weights=args.weights, device=device)
+    named = args.model not in (None, DEFAULT_MODEL)
+    loaded = load_model(args.model if named else args.module, module=made, weights=args.weights, device=device)
+    return replace(loaded, loads_with=_module_options(args, named=named))
+
+
+def _module_options(args: argparse.Namespace, *, named: bool) -> tuple[str, ...]:
+    """The options that load a `--module` model again from any folder's command line (weights as an
+    absolute path), for the resume command a cache prints."""
+    options = ["--module", args.module] + (["--model", args.model] if named else [])
+    if args.weights is not None:
+        options += ["--weights", "random" if args.weights == "random" else str(Path(args.weights).expanduser().resolve())]
+    return tuple(options)
 
 
 def load_factory(spec: str):

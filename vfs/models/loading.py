@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,7 @@ class LoadedModel:
     preprocess: Preprocess  # how images become model input (and masks follow them)
     layers: dict[str, str]  # suggested layer -> short description ("conv4 14x14x256")
     weights_id: str  # first 16 hex of the weights file's sha256, or "random"
+    loads_with: tuple[str, ...] = ()  # `python -m vfs` options that load it again; () when `--model NAME` does
 
 
 def load_model(
@@ -93,6 +94,9 @@ def load_model(
             "or your own network via load_model(name, module=..., weights=...)."
         )
     loaded.module.to(resolve_device(device)).eval()
+    if module is None and weights is not None:  # the weights file is part of how to load it again
+        given = "random" if weights == "random" else str(Path(weights).expanduser().resolve())
+        loaded = replace(loaded, loads_with=("--model", name, "--weights", given))
     return loaded
 
 
