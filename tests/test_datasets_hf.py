@@ -112,3 +112,70 @@ def test_missing_datasets_package_is_a_clear_error(tmp_path):
             "try:\n    open_dataset('hf:x')\nexcept Exception as error:\n    print(type(error).__name__, error)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "DatasetError" in result.stdout and "pip install datasets" in result.stdout
+
+
+STREAM = """
+import hashlib, json
+import numpy as np
+from vfs.datasets import open_dataset
+data = open_dataset({spec!r})
+order = [0, 1, 4, 5, 2, 3]  # a step back restarts the stream (it reads forward only)
+items = {{i: data[i] for i in order}}
+print(json.dumps({{"streaming": data.streaming, "length": len(data), "names": data.label_names,
+                  "labels": [items[i].label for i in range(len(data))],
+                  "domains": [items[i].domain for i in range(len(data))],
+                  "boxes": [None if items[i].boxes is None else items[i].boxes.tolist() for i in range(len(data))],
+                  "pixels": [hashlib.sha256(np.asarray(items[i].image).tobytes()).hexdigest() for i in range(len(data))],
+                  "fingerprint": data.fingerprint()}}))
+"""
+
+
+def test_a_hub_dataset_is_streamed_from_a_local_hub_server(faces, tmp_path):
+    """`hf:user/name:split` on the real streaming path (`load_dataset(..., streaming=True)` and the
+    forward-only reader) against tests/hub_server.py holding a parquet shard and a dataset card, as
+    the Hub serves them: nothing leaves 127.0.0.1."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    from huggingface_hub import DatasetCardData, HfApi
+    from hub_server import HubServer
+
+    faces.to_parquet(str(tmp_path / "test.parquet"))
+    info = datasets.DatasetInfo(features=faces.features, splits=datasets.SplitDict(
+        {"test": datasets.SplitInfo("test", num_bytes=(tmp_path / "test.parquet").stat().st_size, num_examples=6)}))
+    card = DatasetCardData(configs=[{"config_name": "default", "data_files": [{"split": "test", "path": "data/test-*"}]}])
+    datasets.info.DatasetInfosDict({"default": info}).to_dataset_card_data(card)
+    root = Path(__file__).resolve().parents[1]
+    with HubServer(tmp_path / "hub") as hub:
+        api = HfApi(endpoint=hub.endpoint, token="test")
+        for name, files in (("user/faces", {"data/test-00000-of-00001.parquet": (tmp_path / "test.parquet").read_bytes(),
+                                            "README.md": f"---\n{card.to_yaml()}\n---\n".encode()}),
+                            ("user/unsized", {"data/test-00000-of-00001.parquet": (tmp_path / "test.parquet").read_bytes()})):
+            api.create_repo(name, repo_type="dataset")
+            for path, content in files.items():
+                api.upload_file(path_or_fileobj=content, path_in_repo=path, repo_id=name, repo_type="dataset")
+        hub.stats.reset()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(root), "HF_ENDPOINT": hub.endpoint,
+               "HF_HOME": str(tmp_path / "home"), "NO_PROXY": "127.0.0.1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+        def stream(spec: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", STREAM.format(spec=spec)], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=300)
+
+        found = stream("hf:user/faces:test?box=faces.bbox")
+        assert found.returncode == 0, found.stderr
+        record = json.loads(found.stdout.strip().splitlines()[-1])
+        served = hub.stats.downloads()
+        unsized = stream("hf:user/unsized:test")
+        missing = stream("hf:user/no-such-dataset:test")
+    assert record["streaming"] and record["length"] == 6 and record["names"] == ["a", "b", "c"]
+    assert record["labels"] == [0, 1, 2, 0, 1, 2] and record["domains"] == ["x", "y"] * 3
+    assert record["boxes"][0] == [[2, 1, 6, 4], [0, 0, 5, 5]] and record["boxes"][1] is None  # COCO -> tlbr
+    expected = [hashlib.sha256(np.asarray(faces[i]["img"].convert("RGB")).tobytes()).hexdigest() for i in range(6)]
+    assert record["pixels"] == expected
+    assert any(path.endswith("data/test-00000-of-00001.parquet") for path in served)  # read from the server
+    assert not list((tmp_path / "home").rglob("*.parquet"))  # streamed: no copy of the data was kept
+    assert unsized.returncode != 0 and "size of this streamed split is not known" in unsized.stderr
+    assert missing.returncode != 0 and "DatasetError: cannot open hf:user/no-such-dataset" in missing.stderr
