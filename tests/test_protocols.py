@@ -115,6 +115,11 @@ def test_v1_fig8_counts_matches_without_a_box_as_misses(world, monkeypatch, caps
     misses = sum(int(i) in empty for i in nb.indices[:, 0])
     total = record["rows"][-1]
     assert total["bin"] == "all" and total["queries"] == 8 and total["top1 misses"] == misses
+    assert total["top3 misses"] == sum(int(i) in empty for i in nb.indices.ravel())
+    # planted: the top 24 of 24 canvases holds all 4 empty ones for each of the 8 queries
+    assert run(world, monkeypatch, "v1-fig8", world / "searched-cache", "--queries", world / "queries-cache",
+               "--k", "24", "--out", world / "fig8-all") == 0
+    assert json.loads((world / "fig8-all" / "v1-fig8.json").read_text())["rows"][-1]["top24 misses"] == 32
     assert total["top1 IoU"] == pytest.approx(ious[:, 0].mean())
     assert total["top3 IoU"] == pytest.approx(ious.mean())
     assert total["top1 IoU se"] == pytest.approx(ious[:, 0].std(ddof=1) / np.sqrt(8))

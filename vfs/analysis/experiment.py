@@ -107,7 +107,8 @@ def iou_rows(cache, qs: QuerySet, *, k: int, bins, bin_by: str) -> dict:
     nb = metrics.neighbours(cache, qs.indices, k=k, **search_options(qs, cache, boxes=True))
     ious = metrics.top_k_ious(nb, cache.boxes, cache.image_sizes, tuple(cache.meta.grid),
                               preprocess=cache.meta.make_preprocess())  # (Q, k)
-    miss = ~metrics.matched_boxed(nb, cache.boxes)  # (Q,)
+    misses = ~np.stack([metrics.matched_boxed(nb, cache.boxes, rank=r) for r in range(k)], axis=1)  # (Q, k)
+    miss = misses[:, 0]  # (Q,)
     first_boxes = [qs.boxes[q][0] for q in qs.indices]
     if bin_by == "area":
         keys = np.array([metrics.box_area(box) for box in first_boxes])
@@ -118,14 +119,16 @@ def iou_rows(cache, qs: QuerySet, *, k: int, bins, bin_by: str) -> dict:
     for low, high in [*zip(edges[:-1], edges[1:]), (edges[0], edges[-1])]:
         inside = (keys >= low) & (keys < high)
         rows.append({"low": float(low), "high": float(high), "queries": int(inside.sum()),
-                     "top1 misses": int(miss[inside].sum()),
+                     "top1 misses": int(miss[inside].sum()), f"top{k} misses": int(misses[inside].sum()),
                      **estimate(ious[inside, 0]).columns("top1 IoU"),
                      **estimate(ious[inside].mean(axis=1) if inside.any() else []).columns(f"top{k} IoU")})
     rows[-1]["bin"] = "all"
     return {"rows": rows, "ious": ious, "keys": keys, "misses": miss,
-            "columns": ["low", "high", "queries", "top1 misses", "top1 IoU", f"top{k} IoU"],
+            "columns": ["low", "high", "queries", "top1 misses", *([f"top{k} misses"] if k > 1 else []), "top1 IoU",
+                        f"top{k} IoU"],
             "note": (f"bins by query box {'area in square pixels of the query image' if bin_by == 'area' else 'size: sqrt(box area / image area)'}; "
-                     f"a match to an image without a box is a miss with IoU 0 ({int(miss.sum())} of {len(miss)} top-1 matches)")}
+                     f"a match to an image without a box is a miss with IoU 0 ({int(miss.sum())} of {len(miss)} top-1 matches, "
+                     f"{int(misses.sum())} of {misses.size} top-{k} matches)")}
 
 
 def run_iou(args) -> dict:
