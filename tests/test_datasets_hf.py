@@ -139,8 +139,8 @@ def test_a_hub_dataset_is_streamed_from_a_local_hub_server(faces, tmp_path):
     import os
     from pathlib import Path
 
-    from huggingface_hub import DatasetCardData, HfApi
     from hub_server import HubServer
+    from huggingface_hub import DatasetCardData, HfApi
 
     faces.to_parquet(str(tmp_path / "test.parquet"))
     info = datasets.DatasetInfo(features=faces.features, splits=datasets.SplitDict(
