@@ -15,7 +15,7 @@ import os
 import gradio as gr
 
 from app import editor as editor_module
-from app import files, handlers
+from app import files, handlers, upload_guard
 from app.compare import default_pair
 from app.compare_tab import build_compare_tab
 from app.library import CacheLibrary, DefaultBuild
@@ -162,4 +162,4 @@ def launch(library: CacheLibrary, *, default_build: DefaultBuild | None = None, 
     gr.set_static_paths([files.FOLDER])
     demo.queue(default_concurrency_limit=concurrency())
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
-                max_file_size=MAX_UPLOAD, show_error=True, **kwargs)
+                max_file_size=MAX_UPLOAD, show_error=True, head=upload_guard.head(), **kwargs)
