@@ -74,6 +74,23 @@ def check_device(device: str) -> str:
     return str(resolve_device(device))
 
 
+def limit_blas_threads() -> None:
+    """One BLAS thread in the server: its parallelism is its concurrent requests, not each tiny product.
+
+    numpy's OpenBLAS runs every product on a thread per core, even the (7, 384) @ (384, 384) one of
+    `vfs.mask_to_grid` in each search. Measured here on the busy shared machine: 2.2 ms of CPU and
+    5-10 ms wall per product with 2 threads, 0.1 ms with one; in the server (py-spy, one user
+    searching, load average 10) that product alone took 93 ms per search. Set `OPENBLAS_NUM_THREADS`
+    or `OMP_NUM_THREADS` to choose otherwise.
+    """
+    if os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import numpy  # noqa: F401 (loads OpenBLAS, so that threadpoolctl finds it)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def warm_up_search() -> None:
     """Run two tiny searches, so the first user's search does not wait for the search kernels to load.
 
@@ -103,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    limit_blas_threads()
     from app.library import CacheLibrary, DefaultBuild
     from app.ui import launch
 

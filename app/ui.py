@@ -10,11 +10,12 @@ place where their errors become `gr.Error` messages.
 from __future__ import annotations
 
 import logging
+import os
 
 import gradio as gr
 
 from app import editor as editor_module
-from app import handlers
+from app import files, handlers, upload_guard
 from app.compare import default_pair
 from app.compare_tab import build_compare_tab
 from app.library import CacheLibrary, DefaultBuild
@@ -24,6 +25,7 @@ from app.wiring import ALL_LABELS, UNIQUE_LABELS, AnalysisContext, readable
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD = f"{editor_module.MAX_UPLOAD_MB}mb"  # gradio refuses bigger uploads before they reach a handler
+CONCURRENCY = 2  # events of one kind (e.g. searches) run at once; see `concurrency` and bench/load.py
 TICK_SECONDS = 2.0  # how often the page asks how the default build is doing, while it runs
 
 CSS = """
@@ -141,9 +143,23 @@ def _analysis_tab(ctx: AnalysisContext) -> None:
     build_analysis_tab(ctx)
 
 
+def concurrency() -> int | None:
+    """How many events of one kind run at once: `GRADIO_DEFAULT_CONCURRENCY_LIMIT` (gradio's own variable:
+    a number, or "none" for no limit) or `CONCURRENCY`."""
+    value = os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "").strip()
+    if not value:
+        return CONCURRENCY
+    return None if value.lower() == "none" else int(value)
+
+
 def launch(library: CacheLibrary, *, default_build: DefaultBuild | None = None, host: str = "127.0.0.1",
            port: int | None = None, share: bool = False, **kwargs) -> None:
     demo = build(library, default_build=default_build)
-    demo.queue(default_concurrency_limit=2)
+    # The result pictures are written once and never changed (`app.files`): served from where they are,
+    # gradio neither hashes nor copies each one into its cache on every search (py-spy: that and its
+    # path checks took more server time under 16 users than the search itself).
+    files.FOLDER.mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths([files.FOLDER])
+    demo.queue(default_concurrency_limit=concurrency())
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(), css=CSS,
-                max_file_size=MAX_UPLOAD, show_error=True, **kwargs)
+                max_file_size=MAX_UPLOAD, show_error=True, head=upload_guard.head(), **kwargs)

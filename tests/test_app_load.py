@@ -120,3 +120,21 @@ def test_bad_uploads_are_refused_in_words_without_server_paths(app_url, tmp_path
     with pytest.raises(gradio_client.exceptions.AppError, match=message) as caught:
         client.predict(FMNIST, argument, 6, True, "no limit", "all labels", api_name="/search")
     assert "/tmp" not in str(caught.value) and "photo.png" not in str(caught.value)
+
+
+def test_the_server_runs_one_blas_thread(tmp_path):
+    """numpy's OpenBLAS would run each tiny product of a search on a thread per core (`limit_blas_threads`)."""
+    import subprocess
+    import sys
+
+    script = ("import numpy; from threadpoolctl import threadpool_info; from app.__main__ import limit_blas_threads; "
+              "before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']; "
+              "limit_blas_threads(); "
+              "print(before, [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'])")
+    env = {name: value for name, value in os.environ.items() if name not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    before, after = done.stdout.strip().split("] [")
+    assert after.rstrip("]") == "1", done.stdout
+    if (os.cpu_count() or 1) > 1:  # on one core there is nothing to limit
+        assert before.lstrip("[") != "1", done.stdout

@@ -210,6 +210,24 @@ def test_narrow_excepts_let_bugs_through(tiny_cache, monkeypatch):
         open_cache(tiny_cache, in_memory=True)
 
 
+def test_the_apps_cache_list_skips_a_damaged_cache_but_lets_a_bug_through(tiny_cache, tmp_path, monkeypatch):
+    from app.library import CacheLibrary
+
+    root = tmp_path / "caches"
+    shutil.copytree(tiny_cache, root / "good")
+    shutil.copytree(tiny_cache, root / "damaged")
+    (root / "damaged" / "zarr.json").write_text("{not json")
+    library = CacheLibrary(root, hub=False)
+    assert [entry.key for entry in library.refresh()] == ["good"]  # damage: skipped (and logged)
+
+    def broken(*args, **kwargs):
+        raise MemoryError  # a bug or exhaustion, not damage: must not be skipped as a bad cache
+
+    monkeypatch.setattr(vfs, "open_cache", broken)
+    with pytest.raises(MemoryError):
+        library.refresh()
+
+
 # ---------------------------------------------------------------- builds: killed, concurrent, durable
 
 

@@ -316,3 +316,13 @@ def test_search_command_with_candidates_is_the_two_stage_search_labelled_approxi
     assert "approximate: two-stage search" in capsys.readouterr().out
     assert main(["search", str(indexed), "--index", "7", "--candidates", "0"]) == 1
     assert "candidates must be a positive integer" in capsys.readouterr().err
+
+
+def test_default_dims_keeps_all_channels_of_a_narrow_cache(tmp_path, rng):
+    """The default d (48) on a cache of 24 channels keeps the 24, instead of refusing the default."""
+    from vfs.cache.coarse import DIMS
+
+    assert C < DIMS
+    path = make_cache(tmp_path / "narrow", low_rank_features(rng, 64))
+    build_coarse_index(path, sample=32, progress=False)
+    assert open_coarse_index(vfs.open_cache(path)).meta.dims == C
