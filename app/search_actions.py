@@ -17,7 +17,7 @@ import numpy as np
 from gradio.components.plot import PlotData
 from PIL import Image
 
-from app import drawing, explore, exports, handlers, uploads
+from app import drawing, explore, exports, handlers, uploads, veil
 from app import editor as editor_module
 from app.files import grid_file, result_files
 from app.library import CacheLibrary
@@ -43,7 +43,10 @@ class SearchActions:
         server as an upload too, and `put_upload` leaves that one alone."""
         grid = handlers.grid_preview(self.library, key, value) if key else None
         image = editor_module.editor_image(value)
-        return value, value, picked, grid, caption + self._crop_note(key, image), uploads.digest(image)
+        if key and image is not None:  # the part the model cannot see, dimmed where one paints
+            value = veil.veil_value(value, self.library.preprocess(self.library.open(key)))
+        return value, value, picked, grid, caption + self._crop_note(key, image), uploads.digest(
+            editor_module.editor_image(value))
 
     def _crop_note(self, key, image) -> str:
         """Where the model looks, when its centre crop leaves part of `image` out (else nothing)."""
@@ -54,7 +57,7 @@ class SearchActions:
         if top <= 0.5 and left <= 0.5 and bottom >= height - 0.5 and right >= width - 0.5:
             return ""
         return (f" · the model sees only its centre, x {left:.0f}-{right:.0f}, y {top:.0f}-{bottom:.0f} of "
-                f"{width}x{height} (bright in 'What the model sees'): paint inside it")
+                f"{width}x{height} (left bright on the editor, dimmed around it): paint inside it")
 
     def put_image(self, key, index, caption=None):
         if not key:
@@ -101,6 +104,20 @@ class SearchActions:
             gr.Warning(note)
         return self._put(key, editor_module.editor_value(_display_size(image)), None,
                          "Uploaded image (not an image of the dataset)")
+
+    @readable
+    def reveil(self, key, value, shown):
+        """Another cache picked: the editor's image veiled for that cache's crop, the painting kept.
+        Outputs [editor, query_value, grid, shown]; the editor is set again only when the veil changes."""
+        image = editor_module.editor_image(value)
+        if not key or image is None:
+            return [gr.update()] * 4
+        grid = handlers.grid_preview(self.library, key, value)
+        again = veil.veil_value(value, self.library.preprocess(self.library.open(key)))
+        name = uploads.digest(editor_module.editor_image(again))
+        if name == uploads.digest(image):
+            return gr.update(), gr.update(), grid, gr.update()
+        return again, again, grid, name
 
     def cleared(self):
         """Outputs [query_value, picked, grid, picked_label, shown]."""
