@@ -37,7 +37,10 @@ ERROR_BADGES = """() => [...document.querySelectorAll('[data-testid=status-track
 def upload(page, path) -> None:
     """Drop the file at `path` into the empty editor; wait until the server has put it back, re-sized."""
     page.locator("#vfs-editor input[type=file]").set_input_files(str(path))
-    page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.startsWith('Uploaded image')")
+    # a 4000 px photo is decoded and re-exported by the page's software WebGL before the server gets it:
+    # a minute or more here when the machine is busy
+    page.wait_for_function("document.querySelector('#vfs-picked')?.innerText.startsWith('Uploaded image')",
+                           timeout=300_000)
     wait_for_first_image(page, "#vfs-editor")
 
 
