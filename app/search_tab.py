@@ -88,8 +88,8 @@ def build_search_tab(actions: SearchActions, cache_key: gr.Dropdown) -> SearchTa
                     label="two-stage candidates M (0 = exact search)",
                     info="for caches with a coarse index (python -m vfs index-coarse): approximate, "
                          "exact scores of the M images the index ranks best")
-            grid = gr.Image(label="What the model sees: its centre crop (bright), the feature grid and the "
-                            "painted cells", type="pil", height=240, elem_id="vfs-grid", interactive=False)
+            grid = gr.Image(label="What the model sees: crop, grid, painted cells", type="pil", height=240,
+                            elem_id="vfs-grid", interactive=False)  # a longer label covers the picture
             query_value = read_uploads_header_first(gr.ImageEditor(  # what the server reads: a copy made
                 type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png", visible=False,
                 label="query (painted image)",  # at each click
