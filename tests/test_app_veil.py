@@ -87,3 +87,17 @@ def test_another_crop_veils_the_original_again_keeping_the_painting():
     assert np.array_equal(again["background"], veil.veil(photo, narrow))  # not a veil over a veil
     assert np.array_equal(editor.editor_mask(again), editor.editor_mask(value))
     assert np.array_equal(veil.unveil(again["background"]), photo)
+
+
+def test_an_earlier_put_reported_late_by_the_editor_is_not_an_upload(library):
+    """The editor reports each image the server puts in it as an upload, sometimes after the next put
+    (explore, then at once go back): `shown` then names the newer image, but the older is no upload."""
+    actions = SearchActions(library)
+    cache = library.open(PHOTOS)
+    first = actions.put_image(PHOTOS, cache.ids.index("astronaut"))
+    second = actions.put_image(PHOTOS, cache.ids.index("coffee"))
+    late = actions.put_upload(PHOTOS, first[0], second[5])  # the first put, reported after the second
+    assert all(update == {"__type__": "update"} for update in late)
+    photo = np.full((64, 96, 3), 200, np.uint8)  # a real upload is still taken in, re-sized
+    taken = actions.put_upload(PHOTOS, editor.editor_value(photo), second[5])
+    assert taken[4].startswith("Uploaded image") and taken[0]["background"].shape[1] == 512
