@@ -129,6 +129,8 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
     cell = gr.State((0, 0))
     gr.Markdown("Why the model finds these regions similar, for the last search: the query and its first "
                 "results, each shown as the model sees it (its centre crop).")
+    message = gr.Markdown("", elem_id="vfs-why-message")  # where every event of the tab shows its progress
+    # and its error, once (not an "Error" badge on each of its outputs); the next action clears it
     with gr.Accordion("Similarity overlays: hover over any image", open=True):
         gr.Markdown("Every cell is shaded by the cosine similarity of its features to the cell under the "
                     "pointer (yellow): lighter means more similar, black is the least similar cell shown "
@@ -223,11 +225,15 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
         return _plot(spec), text
 
     refresh_outputs = [shown, overlays, query_view, clicked, cell, second]
+    on_message = {"show_progress_on": [message]}
     for searched in ctx.searched:
-        searched.then(refresh, [ctx.results], refresh_outputs, api_name=False, show_progress="hidden")
-    second.input(relayer, [ctx.results, shown, second, cell], [shown, overlays, clicked], api_name=False)
-    query_view.select(click, [shown], [clicked, cell], api_name=False)
-    why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why")
-    nmf_button.click(factorise, [shown, components, negatives], [factors, factors_text], api_name=False)
-    rerank_button.click(rerank, [ctx.results, rerank_pooling], [reranked], api_name="rerank_region")
-    sensitivity_button.click(chart, [ctx.results, cell, kind], [sensitivity_plot, sensitivity_text], api_name=False)
+        searched.then(refresh, [ctx.results], refresh_outputs, api_name=False, show_progress="hidden", **on_message)
+    second.input(relayer, [ctx.results, shown, second, cell], [shown, overlays, clicked], api_name=False,
+                 **on_message)
+    query_view.select(click, [shown], [clicked, cell], api_name=False, **on_message)
+    why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why", **on_message)
+    nmf_button.click(factorise, [shown, components, negatives], [factors, factors_text], api_name=False,
+                     **on_message)
+    rerank_button.click(rerank, [ctx.results, rerank_pooling], [reranked], api_name="rerank_region", **on_message)
+    sensitivity_button.click(chart, [ctx.results, cell, kind], [sensitivity_plot, sensitivity_text], api_name=False,
+                             **on_message)

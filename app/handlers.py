@@ -20,6 +20,7 @@ from app import drawing
 from app.editor import FORMATS, MAX_PIXELS, MAX_UPLOAD_MB, editor_image, editor_mask, fit_image
 from app.library import CacheLibrary
 from app.state import Outcome, Query, SearchOptions
+from app.veil import unveil
 from vfs.errors import CacheMismatchError, DatasetError, MaskError
 
 Progress = Callable[[float, str], None]
@@ -104,6 +105,7 @@ def read_query(
             f"({', '.join(FORMATS)}) of at most {MAX_PIXELS:,} pixels and {MAX_UPLOAD_MB} MB"
         )
     mask = editor_mask(value, shape=image.shape[:2])
+    image = unveil(image)  # the pixels shown with the outside of the crop dimmed -> the original
     notes = []
     image, mask, note = fit_image(image, mask)
     if note:
@@ -177,7 +179,7 @@ def grid_preview(library: CacheLibrary, cache_key: str, value: dict | None) -> I
     if image is None:
         return None
     mask = editor_mask(value, shape=image.shape[:2])
-    image, mask, _ = fit_image(image, mask)
+    image, mask, _ = fit_image(unveil(image), mask)
     cache = library.open(cache_key)
     preprocess = library.preprocess(cache)
     grid = tuple(cache.shape[2:])

@@ -213,6 +213,19 @@ class CacheLibrary:
         return self.model(meta.model).preprocess
 
 
+def default_key(library: CacheLibrary) -> str | None:
+    """The cache the page opens on: the Search tab's default cache (the first of
+    `vfs.cache.defaults.DEFAULTS`, Fashion-MNIST at `blocks.4`) when listed, else the first listed."""
+    from vfs.cache.defaults import DEFAULTS, folder_name
+
+    entries = library.entries
+    wanted = folder_name(next(iter(DEFAULTS.values())))
+    for entry in entries:
+        if entry.path is not None and entry.path.name == wanted:
+            return entry.key
+    return entries[0].key if entries else None
+
+
 def hub_entries() -> list[CacheEntry]:
     """Catalog caches (the catalog ships with `hub_caches`, so it reads offline); none if it is absent."""
     try:

@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -17,7 +18,7 @@ import numpy as np
 from gradio.components.plot import PlotData
 from PIL import Image
 
-from app import drawing, explore, exports, handlers, uploads
+from app import drawing, explore, exports, handlers, uploads, veil
 from app import editor as editor_module
 from app.files import grid_file, result_files
 from app.library import CacheLibrary
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 PER_PAGE = 24  # dataset thumbnails per page
 UPLOAD_SIDE = 512  # an upload or example photo is shown for painting at this longer side (the brush
 # is sized in image pixels: at one display size for every image, a stroke is as wide on any photo)
+PUT_KEPT = 256  # digests of images put in editors remembered (any session's; 16 hex each)
 PICK_HINT = "Pick an image below, upload one, or use an example; then paint the region to search for."
 
 
@@ -36,6 +38,9 @@ class SearchActions:
     def __init__(self, library: CacheLibrary):
         self.library = library
         self.examples = handlers.example_images()
+        # digests of the last images the server put in an editor: the editor reports each as an upload,
+        # sometimes after the next put (explore, then at once go back), when `shown` names the newer one
+        self._put_digests: OrderedDict[str, None] = OrderedDict()
 
     # ---- putting an image in the editor: outputs [editor, query_value, picked, grid, picked_label, shown]
     def _put(self, key, value, picked, caption):
@@ -43,7 +48,19 @@ class SearchActions:
         server as an upload too, and `put_upload` leaves that one alone."""
         grid = handlers.grid_preview(self.library, key, value) if key else None
         image = editor_module.editor_image(value)
-        return value, value, picked, grid, caption + self._crop_note(key, image), uploads.digest(image)
+        if key and image is not None:  # the part the model cannot see, dimmed where one paints
+            value = veil.veil_value(value, self.library.preprocess(self.library.open(key)))
+        name = self._remember_put(value)
+        return value, value, picked, grid, caption + self._crop_note(key, image), name
+
+    def _remember_put(self, value) -> str:
+        """The digest of the image of editor value `value`, remembered as one the server put there."""
+        name = uploads.digest(editor_module.editor_image(value))
+        self._put_digests[name] = None
+        self._put_digests.move_to_end(name)
+        while len(self._put_digests) > PUT_KEPT:
+            self._put_digests.popitem(last=False)
+        return name
 
     def _crop_note(self, key, image) -> str:
         """Where the model looks, when its centre crop leaves part of `image` out (else nothing)."""
@@ -54,7 +71,7 @@ class SearchActions:
         if top <= 0.5 and left <= 0.5 and bottom >= height - 0.5 and right >= width - 0.5:
             return ""
         return (f" · the model sees only its centre, x {left:.0f}-{right:.0f}, y {top:.0f}-{bottom:.0f} of "
-                f"{width}x{height} (bright in 'What the model sees'): paint inside it")
+                f"{width}x{height} (left bright on the editor, dimmed around it): paint inside it")
 
     def put_image(self, key, index, caption=None):
         if not key:
@@ -94,13 +111,26 @@ class SearchActions:
         image = editor_module.editor_image(value)
         if image is None:
             return gr.update(), gr.update(), None, None, PICK_HINT, None
-        if uploads.digest(image) == shown:  # the image the server just put there, not an upload
-            return [gr.update()] * 6
+        if uploads.digest(image) == shown or uploads.digest(image) in self._put_digests:  # put there by the
+            return [gr.update()] * 6  # server (this put or a recent one reported late), not an upload
         image, _, note = editor_module.fit_image(image)
         if note:
             gr.Warning(note)
         return self._put(key, editor_module.editor_value(_display_size(image)), None,
                          "Uploaded image (not an image of the dataset)")
+
+    @readable
+    def reveil(self, key, value, shown):
+        """Another cache picked: the editor's image veiled for that cache's crop, the painting kept.
+        Outputs [editor, query_value, grid, shown]; the editor is set again only when the veil changes."""
+        image = editor_module.editor_image(value)
+        if not key or image is None:
+            return [gr.update()] * 4
+        grid = handlers.grid_preview(self.library, key, value)
+        again = veil.veil_value(value, self.library.preprocess(self.library.open(key)))
+        if uploads.digest(editor_module.editor_image(again)) == uploads.digest(image):
+            return gr.update(), gr.update(), grid, gr.update()
+        return again, again, grid, self._remember_put(again)
 
     def cleared(self):
         """Outputs [query_value, picked, grid, picked_label, shown]."""

@@ -88,8 +88,8 @@ def build_search_tab(actions: SearchActions, cache_key: gr.Dropdown) -> SearchTa
                     label="two-stage candidates M (0 = exact search)",
                     info="for caches with a coarse index (python -m vfs index-coarse): approximate, "
                          "exact scores of the M images the index ranks best")
-            grid = gr.Image(label="What the model sees: its centre crop (bright), the feature grid and the "
-                            "painted cells", type="pil", height=240, elem_id="vfs-grid", interactive=False)
+            grid = gr.Image(label="What the model sees: crop, grid, painted cells", type="pil", height=240,
+                            elem_id="vfs-grid", interactive=False)  # a longer label covers the picture
             query_value = read_uploads_header_first(gr.ImageEditor(  # what the server reads: a copy made
                 type="numpy", image_mode="RGBA", layers=False, transforms=(), format="png", visible=False,
                 label="query (painted image)",  # at each click
@@ -161,6 +161,9 @@ def build_search_tab(actions: SearchActions, cache_key: gr.Dropdown) -> SearchTa
     open_index.click(actions.pick_index, [cache_key, index_box], put_outputs, api_name="open_image", **on_message)
     read_editor(editor.upload, editor, query_value).success(
         actions.put_upload, [cache_key, query_value, shown], put_outputs, api_name=False, **on_message)
+    read_editor(cache_key.input, editor, query_value).success(  # the dimmed outside follows the cache's crop
+        actions.reveil, [cache_key, query_value, shown], [editor, query_value, grid, shown], api_name=False,
+        **on_message)
     editor.clear(actions.cleared, None, [query_value, picked, grid, picked_label, shown], api_name=False, **on_message)
     read_editor(editor.apply, editor, query_value).success(
         actions.preview, [cache_key, query_value], [grid], api_name=False, **on_message)

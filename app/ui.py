@@ -18,7 +18,7 @@ from app import editor as editor_module
 from app import files, handlers, upload_guard
 from app.compare import default_pair
 from app.compare_tab import build_compare_tab
-from app.library import CacheLibrary, DefaultBuild
+from app.library import CacheLibrary, DefaultBuild, default_key
 from app.search_actions import PER_PAGE, SearchActions
 from app.search_tab import SHARE_LINK, build_search_tab, read_editor
 from app.wiring import ALL_LABELS, UNIQUE_LABELS, AnalysisContext, readable
@@ -66,15 +66,16 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
     def on_load(request: gr.Request):
         library.refresh()
         choices = cache_choices()
-        key = choices[0][1] if choices else None
+        key = default_key(library)
         left, right = default_pair(library)
         state_text = (request.query_params.get("state") if request is not None else None) or ""
         return (gr.update(choices=choices, value=key), gr.update(choices=choices, value=left),
                 gr.update(choices=choices, value=right), state_text)
 
-    def tick(seen, left, right):
+    def tick(seen, left, right, key=None):
         """Outputs: status, cache_key, left, right, seen, timer. A list's value is sent only to fill an empty
-        Compare side: a tick answered after the user picked a cache would otherwise put the old pick back."""
+        list (the cache, a Compare side): a tick answered after the user picked a cache would otherwise put
+        the old pick back."""
         status, ready, running = default_build.page_status() if default_build else ("", 0, False)
         if ready == seen:
             return status, gr.update(), gr.update(), gr.update(), seen, gr.Timer(active=running)
@@ -82,9 +83,10 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
         choices = cache_choices()
         pair = default_pair(library) if not (left and right) else (None, None)
         sides = [gr.update(choices=choices, value=value) if value else gr.update(choices=choices) for value in pair]
-        return status, gr.update(choices=choices), *sides, ready, gr.Timer(active=running)
+        first = gr.update(choices=choices, value=default_key(library)) if not key else gr.update(choices=choices)
+        return status, first, *sides, ready, gr.Timer(active=running)
 
-    first_key = library.entries[0].key if library.entries else None
+    first_key = default_key(library)
     with gr.Blocks(title="Visual Feature Search") as demo:
         gr.Markdown("# Visual Feature Search\nPaint a region on an image and find the dataset regions that a "
                     "vision model's layer finds most similar (cosine over the masked feature window).")
@@ -119,7 +121,7 @@ def build(library: CacheLibrary, *, default_build: DefaultBuild | None = None) -
                         cancels=tab.searches, api_name=False, queue=False)
         refresh.click(lambda key: (library.refresh(), gr.update(choices=cache_choices(), value=key))[1],
                       [cache_key], [cache_key], api_name=False)
-        timer.tick(tick, [seen, left_key, right_key], [status, cache_key, left_key, right_key, seen, timer], api_name=False,
+        timer.tick(tick, [seen, left_key, right_key, cache_key], [status, cache_key, left_key, right_key, seen, timer], api_name=False,
                    show_progress="hidden")
         demo.load(on_load, None, [cache_key, left_key, right_key, state_text], api_name=False).then(
             pick_cache, [cache_key, tab.only_label], cache_outputs, api_name=False, **on_message,

@@ -11,7 +11,7 @@ from app_server import shared_caches
 import vfs
 from app import compare, explore, exports, handlers, uploads
 from app.editor import editor_value
-from app.library import CacheLibrary
+from app.library import CacheLibrary, default_key
 from app.state import SearchOptions
 
 FMNIST, FMNIST3, PHOTOS = "fmnist-blocks5", "fmnist-blocks3", "photos-blocks5"
@@ -124,10 +124,27 @@ def test_the_start_up_tick_never_sends_a_cache_lists_value_back(library, monkeyp
     default_build.paths = {"fashion-mnist": library.root / FMNIST}
     demo = build(library, default_build=default_build)
     [tick] = [block.fn for block in demo.fns.values() if block.name == "tick"]
-    status, cache_list, left, right, seen, _timer = tick(0, FMNIST, FMNIST3)
+    status, cache_list, left, right, seen, _timer = tick(0, FMNIST, FMNIST3, FMNIST3)
     assert "Building the default caches" in status and seen == 1
     assert "value" not in cache_list and "choices" in cache_list
+    assert tick(0, FMNIST, FMNIST3, None)[1]["value"] == default_key(library)  # an empty list is filled
     assert "value" not in left and "value" not in right  # both Compare sides were picked: left alone
     _, _, left, right, _, _ = tick(0, None, None)  # empty sides are filled with the default pair
     assert (left["value"], right["value"]) == (FMNIST3, FMNIST)
-    assert all(update == {"__type__": "update"} for update in tick(1, FMNIST, FMNIST3)[1:4])
+    assert all(update == {"__type__": "update"} for update in tick(1, FMNIST, FMNIST3, FMNIST3)[1:4])
+
+
+def test_the_page_opens_on_the_default_search_cache_not_the_first_in_folder_order(library, tmp_path):
+    """Folder order lists Fashion-MNIST at blocks.3 (Compare's second cache) before blocks.4 (the
+    Search tab's default): the page must open on blocks.4."""
+    import shutil
+
+    from vfs.cache.defaults import DEFAULTS, folder_name
+
+    root = tmp_path / "defaults"
+    for name in ("fashion-mnist-blocks3", "fashion-mnist"):  # the small caches under the default folder names
+        shutil.copytree(library.entry(FMNIST3 if name.endswith("3") else FMNIST).path, root / folder_name(DEFAULTS[name]))
+    defaults = CacheLibrary(root, hub=False)
+    first, second = [entry.key for entry in defaults.refresh()]
+    assert first.endswith("blocks.3-112") and default_key(defaults) == second == folder_name(DEFAULTS["fashion-mnist"])
+    assert default_key(library) == library.entries[0].key  # no default cache listed: the first one

