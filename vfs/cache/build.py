@@ -119,7 +119,7 @@ def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | st
             return out
         done = group["progress"][:].any(axis=1)  # (blocks,)
         todo = [block for block in range(meta.blocks) if not done[block]]
-        reporter = Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
+        reporter = Reporter(progress, total=meta.count, done=meta.count - meta.images_in(todo), name=out.name)
         try:
             if scheduler is not None:
                 from vfs.cache.cluster_build import BuildJob, build_on_cluster
@@ -267,7 +267,7 @@ def block_inputs(data: ImageDataset, meta: CacheMeta, preprocess: Any, block: in
                  stop: threading.Event | None = None,
                  pin: bool = False) -> tuple[list[ImageItem], list[torch.Tensor], np.ndarray] | None:
     """(items, batches of model input, thumbnails) of block `block`; None when `stop` is set midway."""
-    start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
+    start, end = meta.span(block)
     items, images = [], []
     for first in range(start, end, batch_size):  # batches never cross a block
         batch = [data[i] for i in range(first, min(end, first + batch_size))]
@@ -348,10 +348,6 @@ def _thumbnail(image: Image.Image, side: int) -> np.ndarray:
 
 def _boxes_json(boxes: np.ndarray | None) -> str:
     return "" if boxes is None else str(np.asarray(boxes, dtype=float).reshape(-1, 4).tolist())
-
-
-def _images_in(meta: CacheMeta, blocks: list[int]) -> int:
-    return sum(min(meta.count, (b + 1) * meta.shard_size) - b * meta.shard_size for b in blocks)
 
 
 def _fields(preprocess: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import zarr
 
-from vfs.cache.format import block_key, compressors, stored_size
+from vfs.cache.format import block_count, block_key, compressors, stored_size
 from vfs.cache.reader import BlockReader, FeatureCache, open_cache
 from vfs.errors import CacheError, CacheIncompleteError, CacheMismatchError
 
@@ -62,10 +62,6 @@ class CoarseMeta:
     finished: str | None        # ISO time the build finished, None while building
     status: str                 # "building" or "complete"
 
-    @property
-    def blocks(self) -> int:
-        return -(-self.count // self.shard_size)
-
     def to_attrs(self) -> dict[str, Any]:
         return json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)}))
 
@@ -76,9 +72,14 @@ class CoarseMeta:
         return cls(**values)
 
     @property
+    def blocks(self) -> int:
+        """Number of blocks of `shard_size` images (the cache's blocks)."""
+        return block_count(self.count, self.shard_size)
+
+    @property
     def nbytes(self) -> int:
         """Bytes the codes take in RAM (the cache's sq_norms, 4 bytes per cell, come on top)."""
-        return self.count * self.grid[0] * self.grid[1] * self.dims * 2
+        return self.count * self.grid[0] * self.grid[1] * self.dims * 2  # float16 codes: 2 bytes each
 
 
 def cache_fingerprint(cache: FeatureCache) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,11 @@ def compressors(codec: str, *, dtype: np.dtype, checksum: bool = True) -> list[A
     return chosen + ([Crc32cCodec()] if checksum else [])
 
 
+def block_count(count: int, shard_size: int) -> int:
+    """How many blocks of `shard_size` images hold `count` images (the last block may be short)."""
+    return -(-count // shard_size)
+
+
 @dataclass(frozen=True)
 class CacheMeta:
     schema: int                    # layout version (SCHEMA)
@@ -96,7 +102,16 @@ class CacheMeta:
     @property
     def blocks(self) -> int:
         """Number of blocks of `shard_size` images (the last may be short)."""
-        return -(-self.count // self.shard_size)
+        return block_count(self.count, self.shard_size)
+
+    def span(self, block: int) -> tuple[int, int]:
+        """(start, stop): the images of block `block`, `stop` exclusive (the last block may be short)."""
+        start = block * self.shard_size
+        return start, min(self.count, start + self.shard_size)
+
+    def images_in(self, blocks: Iterable[int]) -> int:
+        """How many images the blocks `blocks` hold together."""
+        return sum(stop - start for start, stop in map(self.span, blocks))
 
     def identity(self) -> dict[str, Any]:
         """What must match for two builds to be the same cache (everything but times and versions)."""

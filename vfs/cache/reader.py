@@ -363,7 +363,7 @@ def _images_done(group: zarr.Group, meta: CacheMeta) -> int:
     if "progress" not in group:  # killed before its arrays were all created: nothing done
         return 0
     done = group["progress"][:].any(axis=1)  # (blocks,)
-    return sum(min(meta.count, (b + 1) * meta.shard_size) - b * meta.shard_size for b in np.flatnonzero(done))
+    return meta.images_in(np.flatnonzero(done).tolist())
 
 
 def _check_model(meta: CacheMeta, where: str, *, model: Any, layer: str | None) -> None:
