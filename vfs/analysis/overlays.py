@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from vfs.errors import SearchError
-
-_EPS = 1e-12  # below this norm a feature vector counts as zero
+from vfs.source import ZERO_NORM, as_tensor
 
 # One colour per NMF component (tab10's first colours, as RGB in [0, 1]).
 PALETTE: tuple[tuple[float, float, float], ...] = (
@@ -44,13 +43,8 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
 
 def _as_features(features) -> torch.Tensor:
     """Any array-like `(N, C, H, W)` as a float32 CPU tensor."""
-    tensor = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
-    if tensor.ndim != 4:
-        raise SearchError(
-            f"features must be 4-D (N, C, H, W), got shape {tuple(tensor.shape)}: "
-            "stack the images' feature maps along a first dimension"
-        )
-    return tensor.detach().to("cpu", torch.float32)
+    tensor = as_tensor(features, dims="(N, C, H, W)", hint="stack the images' feature maps along a first dimension")
+    return tensor.to("cpu", torch.float32)
 
 
 def _check_cell(features: torch.Tensor, image_index: int, row: int, col: int) -> None:
@@ -66,7 +60,7 @@ def _check_cell(features: torch.Tensor, image_index: int, row: int, col: int) ->
 def _unit(features: torch.Tensor) -> torch.Tensor:
     """Feature vectors scaled to unit length along C; zero vectors stay zero."""
     norms = features.norm(dim=1, keepdim=True)  # (N, 1, H, W)
-    return features / norms.clamp_min(_EPS)  # (N, C, H, W)
+    return features / norms.clamp_min(ZERO_NORM)  # (N, C, H, W)
 
 
 def similarity_grids(features, image_index: int, row: int, col: int) -> np.ndarray:
@@ -179,7 +173,7 @@ def render_factors(maps: np.ndarray, *, colors: list[tuple[float, float, float]]
     if len(colors) < k:
         raise SearchError(f"{len(colors)} colours for {k} components: give one colour per component")
     peaks = maps.max(axis=(0, 2, 3), keepdims=True)  # (1, K, 1, 1)
-    strength = maps / np.maximum(peaks, _EPS)  # (N, K, H, W) in [0, 1]
+    strength = maps / np.maximum(peaks, ZERO_NORM)  # (N, K, H, W) in [0, 1]
     palette = np.asarray(colors[:k], dtype=np.float32)  # (K, 3)
     rgb = np.einsum("nkhw,kc->nhwc", strength, palette)  # (N, H, W, 3)
     return (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
