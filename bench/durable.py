@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch import nn
 
 import vfs
+from bench.timing import best
 from vfs.cache import durable
 from vfs.cache.build import build_cache
 from vfs.cache.reader import open_cache
@@ -39,15 +40,6 @@ def tiny_model() -> vfs.LoadedModel:
     net = nn.Sequential(nn.Conv2d(3, 192, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(7))
     return vfs.load_model("bench-tiny", module=net, preprocess=Preprocess(size=16, crop=16, mean=(0.5,) * 3,
                                                                             std=(0.25,) * 3))
-
-
-def best(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vfs
+from bench.timing import best
 from vfs.retrieval import checks
 
 
 def scores_only(features, norms, scores):
     return (~torch.isfinite(scores).all(dim=1)).cpu().numpy()
-
-
-def best(function, repeats: int = 3) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
@@ -59,9 +49,9 @@ def main() -> None:
                     return vfs.search(query, weights, source, k=10)
 
                 checks.nonfinite_rows = scores_only
-                cheap = best(run)
+                cheap = best(run, warm_up=True)
                 checks.nonfinite_rows = shipped
-                checked = best(run)
+                checked = best(run, warm_up=True)
                 print(f"{np.dtype(dtype).name:<8} {layout:<13} mask {name}: scores only {cheap:.3f} s, "
                       f"shipped check {checked:.3f} s   (ratio {checked / cheap:.2f})")
 
