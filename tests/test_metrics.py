@@ -23,7 +23,7 @@ from vfs.analysis.metrics import (
     window_ious,
 )
 from vfs.analysis.statistics import estimate
-from vfs.errors import SearchError
+from vfs.errors import MaskError, SearchError
 
 
 def planted_source(per_label: int = 6, labels: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -275,3 +275,5 @@ def test_query_weights_of_small_and_large_boxes():
     small = query_weights((8, 8), box=(17.0, 17.0, 20.0, 20.0), image_size=(64, 64))
     assert small.sum() == 1 and small[2, 2] == 1  # its best-covered cell, though under half covered
     assert query_weights((8, 8)).sum() == 64
+    with pytest.raises(MaskError, match="outside the image"):  # from box_to_grid: nothing re-checked after it
+        query_weights((8, 8), box=(70.0, 70.0, 90.0, 90.0), image_size=(64, 64))

@@ -67,9 +67,7 @@ def query_weights(
         return np.ones(grid, dtype=np.float32)
     if image_size is None:
         raise SearchError("a box query needs image_size=(height, width) of the original image")
-    coverage = np.asarray(box_to_grid(box, image_size, grid, preprocess=preprocess), dtype=np.float32)  # (H, W)
-    if not coverage.any():
-        raise SearchError(f"box {tuple(box)} lies outside the part of the image the model sees: use a box inside it")
+    coverage = box_to_grid(box, image_size, grid, preprocess=preprocess)  # (H, W) float32, a MaskError if all 0
     cut = min(0.5, float(coverage.max()))
     return (coverage >= cut).astype(np.float32)
 
