@@ -28,7 +28,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +51,7 @@ from vfs.cache.format import (
     compressors,
     digest,
     thumbnail_size,
+    timestamp,
 )
 from vfs.cache.progress import Progress, Reporter
 from vfs.cache.shard_file import write_shard
@@ -112,7 +112,7 @@ def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | st
         dtype=dtype, count=len(data), shard_size=shard_size, batch_size=batch_size, codec=codec, checksum=checksum,
         thumbnail=thumbnail, dataset=data.name, dataset_fingerprint=data.fingerprint(),
         label_names=tuple(data.label_names), arrays=arrays, versions=_versions(),
-        created=_now(), finished=None, status="building")
+        created=timestamp(), finished=None, status="building")
     with build_lock(out), zarr.config.set({"array.write_empty_chunks": True}):
         group, meta = _open_or_create(out, meta, overwrite=overwrite)
         if meta.status == "complete":
@@ -170,7 +170,7 @@ def _finish(group: zarr.Group, meta: CacheMeta) -> None:
     for block, column in zip(*np.nonzero(digests < 0)):
         data = block_file(group.store, block_key(group[meta.arrays[column]], int(block)))
         digests[block, column] = -1 if data is None else digest(data)
-    finished = replace(meta, status="complete", finished=_now())
+    finished = replace(meta, status="complete", finished=timestamp())
     group.attrs.update({"vfs_cache": finished.to_attrs(),
                         "block_nbytes": {name: nbytes[:, i].tolist() for i, name in enumerate(meta.arrays)},
                         "block_xxh3": {name: digests[:, i].tolist() for i, name in enumerate(meta.arrays)}})
@@ -365,5 +365,3 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "numcodecs": numcodecs.__version__}
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -31,6 +31,7 @@ import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ def compressors(codec: str, *, dtype: np.dtype, checksum: bool = True) -> list[A
     else:
         raise OptionError(f"unknown codec {codec!r}: use none, lz4 or zstd")
     return chosen + ([Crc32cCodec()] if checksum else [])
+
+
+def timestamp() -> str:
+    """Now, as the metadata records times (`created`, `finished`): ISO 8601 in UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def block_count(count: int, shard_size: int) -> int:
