@@ -58,7 +58,7 @@ class Neighbours:
         )
 
 
-def query_weights(
+def box_weights(
     grid: tuple[int, int], *, box=None, image_size: tuple[int, int] | None = None, preprocess=None
 ) -> np.ndarray:
     """Weights `(H, W)` of a query: all ones for the whole image, else the cells the box covers at
@@ -80,14 +80,14 @@ def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) ->
     """One weight grid per query; `image_sizes` are those of the query source."""
     grid = tuple(source.shape[-2:])
     if boxes is None:
-        return [query_weights(grid)] * len(queries)
+        return [box_weights(grid)] * len(queries)
     if len(boxes) != len(queries) or image_sizes is None:
         raise SearchError(
             f"{len(boxes)} boxes for {len(queries)} queries: give one box per query and the image_sizes of the "
             "query source"
         )
     return [
-        query_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
+        box_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
         for q, box in zip(queries, boxes)
     ]
 
