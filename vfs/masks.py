@@ -44,7 +44,7 @@ def mask_to_grid(
     height, width = mask.shape
     region = preprocess.crop_box(height, width) if preprocess is not None else (0.0, 0.0, float(height), float(width))
     weights = area_resample(mask, region, _grid(grid))  # (h, w)
-    return _finish(weights, binarize, preprocess, (height, width), region)
+    return _checked_weights(weights, binarize, preprocess, (height, width), region)
 
 
 def box_to_grid(
@@ -66,7 +66,7 @@ def box_to_grid(
     row_cover = _cover(top, bottom, region[0], region[2], rows)  # (h,)
     col_cover = _cover(left, right, region[1], region[3], cols)  # (w,)
     weights = (row_cover[:, None] * col_cover[None, :]).astype(np.float32)  # (h, w)
-    return _finish(weights, binarize, preprocess, (height, width), region)
+    return _checked_weights(weights, binarize, preprocess, (height, width), region)
 
 
 def window_to_box(
@@ -119,7 +119,7 @@ def as_mask(mask: Any) -> np.ndarray:
     return mask.astype(np.float64)
 
 
-def _finish(weights: np.ndarray, binarize: float | None, preprocess: Preprocess | None,
+def _checked_weights(weights: np.ndarray, binarize: float | None, preprocess: Preprocess | None,
             image_size: tuple[int, int], region: tuple[float, float, float, float]) -> np.ndarray:
     """Check the weights are not all zero (else say why), then clip and optionally threshold them."""
     weights = np.clip(weights, 0.0, 1.0)

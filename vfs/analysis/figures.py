@@ -34,7 +34,7 @@ def _value(row: dict, key: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _finish(fig, ax, title: str, *, ylabel: str, xlabel: str | None = None, legend_size: int | None = None,
+def _finish_figure(fig, ax, title: str, *, ylabel: str, xlabel: str | None = None, legend_size: int | None = None,
             title_size: int = 9):
     """The end of every one-panel figure: axis labels, a legend (font size `legend_size`, None: no legend),
     the title (font size `title_size`), a tight layout. Returns `fig`."""
@@ -95,7 +95,7 @@ def plot_v1_fig8(result: dict, title: str):
     unit = "square pixels" if result.get("bin_by") == "area" else "sqrt(area / image area)"
     ax.set_xticks(range(len(bins)), bins)
     ax.set_ylim(0, 1)
-    return _finish(fig, ax, title, xlabel=f"query box ({unit})", ylabel="mean IoU of the top match (misses = 0)",
+    return _finish_figure(fig, ax, title, xlabel=f"query box ({unit})", ylabel="mean IoU of the top match (misses = 0)",
                    legend_size=8)
 
 
@@ -105,14 +105,14 @@ def plot_v2_fig2b(result: dict, title: str):
     k, rows = result["k"], result["rows"]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ranks = np.arange(1, k + 1)
-    colours = {}
+    colors = {}
     for row in rows:
-        colour = colours.setdefault(row["features"], f"C{len(colours)}")
+        color = colors.setdefault(row["features"], f"C{len(colors)}")
         ax.errorbar(ranks, [_value(row, f"score {r}") for r in ranks], yerr=[_se(row, f"score {r}") for r in ranks],
-                    color=colour, linestyle="-" if row["top k"] == "overall" else "--", marker="o", capsize=3,
+                    color=color, linestyle="-" if row["top k"] == "overall" else "--", marker="o", capsize=3,
                     label=f"{row['features']}, {row['top k']}")
     ax.set_xticks(ranks)
-    return _finish(fig, ax, title, xlabel="rank", ylabel="cosine similarity", legend_size=7)
+    return _finish_figure(fig, ax, title, xlabel="rank", ylabel="cosine similarity", legend_size=7)
 
 
 def plot_v2_fig3(result: dict, title: str):
@@ -120,20 +120,20 @@ def plot_v2_fig3(result: dict, title: str):
     plt = _pyplot()
     quantiles = result["quantiles"]
     at = {q: i for i, q in enumerate(quantiles)}
-    stats, colours = [], []
+    stats, colors = [], []
     for kind, parts in result["distributions"].items():
-        for part, colour in (("same", "tab:blue"), ("other", "tab:orange")):
+        for part, color in (("same", "tab:blue"), ("other", "tab:orange")):
             values = parts[part]
             if values is None:
                 continue
             stats.append({"label": f"{kind}\n{part} label", "whislo": values[at[0.05]], "q1": values[at[0.25]],
                           "med": values[at[0.5]], "q3": values[at[0.75]], "whishi": values[at[0.95]], "fliers": []})
-            colours.append(colour)
+            colors.append(color)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     boxes = ax.bxp(stats, patch_artist=True, showfliers=False)
-    for patch, colour in zip(boxes["boxes"], colours):
-        patch.set_facecolor(colour)
+    for patch, color in zip(boxes["boxes"], colors):
+        patch.set_facecolor(color)
         patch.set_alpha(0.6)
     aurocs = ", ".join(f"{row['query']}: AUROC {_value(row, 'AUROC'):.3f} ± {_se(row, 'AUROC'):.3f}"
                        for row in result["rows"])
-    return _finish(fig, ax, f"{title}\n{aurocs}", ylabel="best-window cosine to the query", title_size=8)
+    return _finish_figure(fig, ax, f"{title}\n{aurocs}", ylabel="best-window cosine to the query", title_size=8)
