@@ -258,15 +258,16 @@ def test_experiment_command_reports_what_the_metrics_compute(tiny_cache, tmp_pat
 
 
 def test_experiment_command_explains_missing_data(tiny_cache, capsys):
-    from vfs.analysis.experiment import experiment_command
+    from vfs.__main__ import main
+    from vfs.cli import LIBRARY_ERROR
 
-    assert experiment_command(["iou", str(tiny_cache)]) == 1
+    assert main(["experiment", "iou", str(tiny_cache)]) == LIBRARY_ERROR
     assert "no ground-truth boxes" in capsys.readouterr().err
-    assert experiment_command(["domains", str(tiny_cache)]) == 1
+    assert main(["experiment", "domains", str(tiny_cache)]) == LIBRARY_ERROR
     assert "no domains" in capsys.readouterr().err
 
 
-def test_query_weights_of_small_and_large_boxes():
+def test_box_weights_of_small_and_large_boxes():
     from vfs.analysis.metrics import box_weights
 
     # 8x8 grid over 64x64 pixels: a box of 2x3 cells exactly, and one smaller than a cell

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import sys
 
 import numpy as np
 import torch
@@ -281,18 +280,13 @@ def layers_command(argv: list[str]) -> int:
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     parser.add_argument("--input-size", type=positive_int, default=None, help="square input side in pixels (default: the model's crop)")
     args = parser.parse_args(argv)
-    try:
-        loaded = load_model(args.model, weights="random")
-    except ModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    loaded = load_model(args.model, weights="random")
     size = args.input_size or loaded.preprocess.crop
     try:
         found = _record_shapes(loaded.module, size, None)
     except Exception as error:  # the model's own check (fixed input size...), reported plainly
-        print(f"error: {loaded.name} cannot run on a 3x{size}x{size} input ({type(error).__name__}: {error}); "
-              f"try --input-size {loaded.preprocess.crop}", file=sys.stderr)
-        return 2
+        raise ModelError(f"{loaded.name} cannot run on a 3x{size}x{size} input ({type(error).__name__}: {error}); "
+                         f"try --input-size {loaded.preprocess.crop}") from error
     print(f"{loaded.name}: {len(found)} layers, input 3x{size}x{size}; '*' = suggested layer, grid = C x H x W features")
     width = max((len(name) for name in found), default=10)
     for name, (raw, grid) in found.items():
