@@ -185,6 +185,7 @@ def test_layers_command_marks_suggested_layers(capsys):
     marked = [line.split()[1:3] for line in lines if line.startswith("*")]
     assert marked == [["blocks.3", "80x14x14"], ["blocks.5", "192x7x7"]]
     assert any(line.split()[:2] == ["conv_stem", "32x112x112"] for line in lines)
+    assert any(line.endswith("(stage 6: 192x7x7, stride 32 at 224 px)") for line in lines if line.startswith("*"))
     from vfs.__main__ import main
     from vfs.cli import LIBRARY_ERROR
 

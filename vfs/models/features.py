@@ -293,6 +293,6 @@ def layers_command(argv: list[str]) -> int:
         mark = "*" if name in loaded.layers else " "
         shape = "x".join(map(str, raw)) if isinstance(raw, tuple) else raw
         grid_text = "" if grid is None or grid == raw else f"  -> grid {'x'.join(map(str, grid))}"
-        note = f"  ({loaded.layers[name]})" if name in loaded.layers else ""
+        note = f"  ({loaded.layers[name]} at {loaded.preprocess.crop} px)" if name in loaded.layers else ""
         print(f"{mark} {name:<{width}}  {shape}{grid_text}{note}")
     return 0
