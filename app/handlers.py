@@ -124,6 +124,7 @@ def read_query(
     return Query(cache_key=cache_key, image=image, mask=mask, index=index, image_id=image_id), notes
 
 
+UPLOADS_KEPT = 16  # uploads whose features are kept: a user paints a few masks on the same image
 _upload_features: dict[tuple, np.ndarray] = {}  # (model, layer, preprocess, image digest) -> (C, h, w)
 
 
@@ -140,7 +141,8 @@ def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
     preprocess = library.preprocess(cache)
     digest = hashlib.sha1(query.image.tobytes() + str(query.image.shape).encode()).hexdigest()
     key = (meta.model, meta.layer, preprocess, digest)
-    if key not in _upload_features:
+    features = _upload_features.get(key)
+    if features is None:  # read once: another thread may evict the dict between a check and a second read
         extractor = library.extractor(meta.model, meta.layer, preprocess=preprocess)
         features = extractor(Image.fromarray(query.image))  # (1, C, h, w)
         features = np.asarray(features, dtype=np.float32)[0]  # (C, h, w)
@@ -149,10 +151,10 @@ def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
                 f"{meta.model} {meta.layer} gives features {features.shape} for this image but the cache holds "
                 f"{tuple(cache.shape[1:])}: the cache was built with another input size; rebuild it or pick another cache"
             )
-        if len(_upload_features) > 16:
+        if len(_upload_features) >= UPLOADS_KEPT:
             _upload_features.clear()
         _upload_features[key] = features
-    return _upload_features[key]
+    return features
 
 
 def query_weights(library: CacheLibrary, query: Query) -> np.ndarray:

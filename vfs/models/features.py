@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -120,8 +121,11 @@ class FeatureExtractor:
 def run_to_layer(module: nn.Module, target: nn.Module, pixels: torch.Tensor, *, layer: str = "") -> torch.Tensor:
     """`target`'s output (its first tensor) the first time it runs on `pixels`; the rest never runs."""
     captured: list = []
+    caller = threading.get_ident()
 
     def hook(_module, _inputs, output):
+        if threading.get_ident() != caller:  # another thread's pass through a shared module (the app's handlers)
+            return
         captured.append(output)
         raise _Captured
 
@@ -235,10 +239,11 @@ def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None)
     names = layers if layers is not None else list_layers(module)
     targets = {name: get_layer(module, name) for name in names}
     found: dict[str, tuple] = {}
+    caller = threading.get_ident()
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            if name in found:
+            if name in found or threading.get_ident() != caller:  # not another thread's pass, at another size
                 return
             try:
                 tensor = _first_tensor(output, name)
