@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Estimate:
         return {name: self.mean, f"{name} se": self.se, f"{name} ci95": [self.low, self.high]}
 
 
-def estimate(values) -> Estimate:
+def estimate(values: ArrayLike) -> Estimate:
     """The mean of `values` (NaN left out) with standard error and 95 % interval."""
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[~np.isnan(values)]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -56,7 +58,7 @@ def model_from_arguments(args: argparse.Namespace, *, device: str = "cpu") -> Lo
     return load_model(name, module=made, weights=args.weights, device=device)
 
 
-def load_factory(spec: str):
+def load_factory(spec: str) -> Callable[..., Any]:
     """The callable named by `pkg.module:factory` (imported from the current folder or the path)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:

@@ -97,6 +97,7 @@ def prepare(source: Any, *, in_place: bool = False, block: int | None = None) ->
     count, channels, height, width = (int(x) for x in shape)
     if block is None:
         block = max(1, BLOCK_BYTES // max(1, channels * height * width * 4))
+    stored: torch.Tensor | None
     if in_place:
         stored = _rearrange_in_place(source, block)  # (N, H, W, C), the caller's memory
     else:
@@ -112,9 +113,10 @@ def prepare(source: Any, *, in_place: bool = False, block: int | None = None) ->
                 stored = torch.empty(count, height, width, channels, dtype=_kept_dtype(part.dtype),
                                      device=part.device)
             stored[start:stop] = part.permute(0, 2, 3, 1)  # (n, H, W, C), converted if needed
+        assert stored is not None  # internal: laid out, rearranged, or allocated from the first block above
         if fill_norms and sq_norms is None:
             sq_norms = torch.empty(count, height, width, device=stored.device)  # (N, H, W)
-        if fill_norms:
+        if fill_norms and sq_norms is not None:
             values = stored[start:stop].float()  # (n, H, W, C)
             sq_norms[start:stop] = (values * values).sum(dim=3)  # (n, H, W)
     if stored is None:  # an empty source
