@@ -23,6 +23,7 @@ from app.handlers import label_name
 from app.library import CacheLibrary
 from app.state import Outcome
 from vfs.errors import SearchError, VFSError
+from vfs.source import ZERO_NORM
 
 SIDE = 192  # pixels of each shown image (model view)
 POINTED = (255, 221, 0)  # outline of the pointed cell
@@ -205,7 +206,7 @@ def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *
     cosine shown) gets `VEIL_OPACITY`, as the page script draws it. A colored veil, not black, so the
     overlay reads on dark images (Fashion-MNIST's black backgrounds) too. The pointed cell is outlined."""
     h, w = grid.shape
-    floor = min(floor, 0.99)
+    floor = min(floor, 0.99)  # a grid of equal cosines (floor 1) would divide by zero
     veiled = np.clip((1.0 - grid) / (1.0 - floor), 0.0, 1.0) * VEIL_OPACITY  # (h, w) opacity of the veil
     alpha = Image.fromarray((veiled * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
     veil = Image.new("RGBA", image.size, (*VEIL, 0))
@@ -240,7 +241,7 @@ def overlay_images(shown: Shown, image_index: int, row: int, col: int) -> list[t
 def _heat(image: Image.Image, values: np.ndarray, scale: float) -> Image.Image:
     """`image` under a diverging heatmap of `values` (h, w): red positive, blue negative, bilinear."""
     _h, _w = values.shape
-    scaled = np.clip(values / max(scale, 1e-12), -1.0, 1.0)  # (h, w)
+    scaled = np.clip(values / max(scale, ZERO_NORM), -1.0, 1.0)  # (h, w); an all-zero map stays 0
     small = Image.fromarray(((scaled + 1.0) * 127.5).astype(np.uint8))
     big = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), np.float32) / 127.5 - 1.0  # (S, S)
     color = np.zeros((*big.shape, 4), np.uint8)  # (S, S, 4)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vfs.errors import NonFiniteError, SearchError
+from vfs.errors import NAMED, NonFiniteError, SearchError
 from vfs.retrieval.checks import check_count, check_indices
 from vfs.source import ZERO_NORM, as_tensor
 
@@ -158,9 +158,9 @@ def rerank_region(
     keep[excluded] = False
     bad = np.flatnonzero(keep & ~np.isfinite(region_scores))
     if bad.size:
-        raise NonFiniteError(f"the features of image(s) {bad[:10].tolist()} hold NaN or inf, so they cannot be "
+        raise NonFiniteError(f"the features of image(s) {bad[:NAMED].tolist()} hold NaN or inf, so they cannot be "
                              f"ranked: rebuild the source from the images, or leave them out with "
-                             f"exclude={bad[:10].tolist()}")
+                             f"exclude={bad[:NAMED].tolist()}")
     candidates = np.flatnonzero(keep)
     order = candidates[np.argsort(-region_scores[candidates], kind="stable")][:k]
     return [RegionMatch(index=int(i), score=float(region_scores[i]), similarity=float(similarities[i])) for i in order]

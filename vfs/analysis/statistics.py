@@ -51,4 +51,4 @@ def _t975(dof: int) -> float:
     """The 0.975 quantile of Student's t with `dof` degrees of freedom."""
     from scipy.stats import t
 
-    return float(t.ppf(0.975, dof))
+    return float(t.ppf(0.975, dof))  # two-sided 95 %: 2.5 % in each tail

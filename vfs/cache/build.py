@@ -56,7 +56,7 @@ from vfs.cache.format import (
 from vfs.cache.progress import Progress, Reporter
 from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
-from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError
+from vfs.errors import NAMED, CacheMismatchError, DatasetError, NonFiniteError, OptionError
 
 if TYPE_CHECKING:
     from vfs.models.loading import LoadedModel
@@ -299,14 +299,14 @@ def check_storable(features: torch.Tensor, dtype: str, *, first: int) -> None:
     flat = features.reshape(len(features), -1)  # (B, C*H*W)
     finite = torch.isfinite(flat).all(dim=1)  # (B,)
     if not bool(finite.all()):
-        bad = [first + int(i) for i in torch.nonzero(~finite).ravel()[:10]]
+        bad = [first + int(i) for i in torch.nonzero(~finite).ravel()[:NAMED]]
         raise NonFiniteError(f"the model gives NaN or inf features for image(s) {bad}: they could never be "
                              "searched; check those images and the model (its weights, its input size), or "
                              "pick another layer")
     if dtype == "float16":
         peak = flat.abs().amax(dim=1)  # (B,)
         if bool((peak > FLOAT16_MAX).any()):
-            bad = [first + int(i) for i in torch.nonzero(peak > FLOAT16_MAX).ravel()[:10]]
+            bad = [first + int(i) for i in torch.nonzero(peak > FLOAT16_MAX).ravel()[:NAMED]]
             raise NonFiniteError(f"features of image(s) {bad} reach {float(peak.max()):,.0f}, above 65,504, the "
                                  "largest float16: a float16 cache would store inf and rank them wrongly; build "
                                  "with --dtype float32 (dtype='float32')")

@@ -189,7 +189,7 @@ def block_file(store: Store, key: str) -> bytes | None:
 def digest(data: bytes) -> int:
     """63-bit xxh3 hash of a whole block file (never -1, "unknown"): at its position in the "block_xxh3"
     table, it binds the file to its place."""
-    return xxhash.xxh3_64_intdigest(data) & (2**63 - 1)
+    return xxhash.xxh3_64_intdigest(data) & (2**63 - 1)  # 63 bits: a non-negative int64 in the table
 
 
 def stored_size(store: Store, key: str) -> int | None:

@@ -29,6 +29,8 @@ from vfs.errors import LayerError, ModelError, positive_int
 from vfs.models.devices import mixed_precision, resolve_device
 from vfs.models.preprocess import Preprocess
 
+MAX_PREFIX_TOKENS = 16  # class, distillation and register tokens a ViT may put before its patch tokens
+
 
 class _Captured(Exception):
     """Raised by the hook once the layer's output is stored, to stop the forward pass early."""
@@ -190,7 +192,7 @@ def _patch_grid(module: nn.Module | None, height: int, width: int) -> tuple[int,
 
 def _infer_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
     """(h, w) with h * w = tokens - prefix (fewest prefix tokens, at most 16) and h / w = height / width."""
-    for prefix in range(min(tokens, 17)):
+    for prefix in range(min(tokens, MAX_PREFIX_TOKENS + 1)):
         rows = round(math.sqrt((tokens - prefix) * height / width))
         if rows and (tokens - prefix) % rows == 0 and _fits((rows, (tokens - prefix) // rows), height, width):
             cols = (tokens - prefix) // rows

@@ -72,6 +72,7 @@ SUGGESTED_LAYERS: dict[str, dict[str, LayerInfo]] = {
     "vit_b_16": _at(224, ("encoder.layers.encoder_layer_8", 768, 16, "block 9"),
                     ("encoder.layers.encoder_layer_11", 768, 16, "last block")),
 }
+ERROR_CHARS = 600  # of torch's load_state_dict message, which lists every mismatched key
 OFFLINE_HELP = (
     "Offline alternatives: the bundled model 'efficientnet_lite0', weights=PATH to a local "
     ".pt/.pth/.safetensors state dict, or weights='random' to use random weights on purpose."
@@ -326,7 +327,7 @@ def _load_state_dict(module: nn.Module, state: dict, path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ModelError(f"the weights in {path} do not fit the model: {str(error)[:600]}") from error
+        raise ModelError(f"the weights in {path} do not fit the model: {str(error)[:ERROR_CHARS]}") from error
 
 
 _FILE_IDS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> id; hashing a big file takes seconds
@@ -339,7 +340,7 @@ def file_id(path: str | Path) -> str:
     if key not in _FILE_IDS:
         digest = hashlib.sha256()
         with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
+            for chunk in iter(lambda: file.read(1 << 20), b""):  # 1 MiB at a time
                 digest.update(chunk)
         _FILE_IDS[key] = digest.hexdigest()[:16]
     return _FILE_IDS[key]
