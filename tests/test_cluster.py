@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,9 +195,9 @@ def test_unreachable_scheduler_is_a_clear_error_within_the_timeout():
     assert isinstance(ClusterError("x"), ConnectionError)
 
 
-def start_worker(scheduler: str) -> subprocess.Popen:
-    """A `dask worker` process (no nanny, one thread) that joins `scheduler`."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def start_worker(scheduler: str, **environ: str) -> subprocess.Popen:
+    """A `dask worker` process (no nanny, one thread) that joins `scheduler`, with `environ` added."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **environ)
     return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--nthreads", "1",
                              "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -302,19 +303,25 @@ def test_app_library_with_a_scheduler_searches_on_the_cluster(cluster, caches, t
 
 BUILD = {"layer": "blocks.3", "dataset": "fashion-mnist:test[:48]", "input_size": 64, "shard_size": 16,
          "batch_size": 8}
+needs_fashion_mnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                         reason="needs `apt-get install dataset-fashion-mnist`")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="needs `apt-get install dataset-fashion-mnist`")
+def build_here(out: Path, **options) -> Path:
+    """The one-process oracle, with the workers' one torch thread (convolutions round differently with more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return vfs.build_cache("efficientnet_lite0", out=out, progress=False, **{**BUILD, **options})
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_fashion_mnist
 def test_cluster_build_is_byte_identical_and_resumes(cluster, tmp_path):
     """Blocks built by the workers (one torch thread each) == a one-process build with one torch thread."""
     local_cluster, _ = cluster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # convolutions round differently with another thread count
-    try:
-        one = vfs.build_cache("efficientnet_lite0", out=tmp_path / "one", progress=False, **BUILD)
-    finally:
-        torch.set_num_threads(threads)
+    one = build_here(tmp_path / "one")
     two = vfs.build_cache("efficientnet_lite0", out=tmp_path / "two", progress=False,
                           scheduler=local_cluster.scheduler_address, **BUILD)
     assert_same_cache(one, two)
@@ -333,6 +340,70 @@ def test_cluster_build_is_byte_identical_and_resumes(cluster, tmp_path):
                     scheduler=local_cluster.scheduler_address, **BUILD)
     assert done[0] == pytest.approx(16 / 48) and done[-1] == 1.0  # resumed at block 1 done, two blocks built
     assert_same_cache(one, two)
+
+
+@needs_fashion_mnist
+def test_cluster_build_worker_killed_mid_block_is_redone_elsewhere(cluster, tmp_path):
+    """A worker SIGKILLed in the middle of a block: the block is built again on another worker, nothing is
+    left torn or stray, and the cache is still byte-identical to a one-process build."""
+    from stalling import StallingDataset
+
+    local_cluster, client = cluster
+    data = StallingDataset(vfs.open_dataset(BUILD["dataset"]), shard_size=8, at=5)  # 6 blocks of 8
+    one = build_here(tmp_path / "one", dataset=data, shard_size=8)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    worker = start_worker(local_cluster.scheduler_address, VFS_TEST_STALL=str(marks))  # stalls at image 5 of a block
+    killed: list[str] = []
+
+    def kill_when_stalled() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and worker.poll() is None:
+            stalled = list(marks.iterdir())
+            if stalled:
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(stalled[0].read_text())
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_when_stalled)
+    try:
+        wait_for_workers(client, 3)
+        watcher.start()
+        two = vfs.build_cache("efficientnet_lite0", out=tmp_path / "two", progress=False,
+                              scheduler=local_cluster.scheduler_address, **{**BUILD, "dataset": data, "shard_size": 8})
+    finally:
+        worker.kill()
+        worker.wait()
+        watcher.join()
+    assert killed, "the stalling worker never started a block, so nothing was killed mid-block"
+    assert_same_cache(one, two)  # the killed worker's block included; no temporary file left behind
+    wait_for_workers(client, 2)
+
+
+@needs_fashion_mnist
+def test_cluster_build_dataset_the_workers_cannot_read_or_see_differently(cluster, tmp_path):
+    """The dataset spec must name the same files on every worker: missing or other files are a DatasetError
+    naming the worker, raised before a block is written."""
+    from vfs.cache.cluster_build import BuildJob, build_block
+    from vfs.errors import DatasetError
+
+    _, client = cluster
+    for name, count in (("photos", 3), ("other", 4)):  # another file list (a folder's fingerprint: names, sizes)
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (20, 20), (40 + i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    cache = vfs.build_cache("efficientnet_lite0", out=tmp_path / "cache", progress=False,
+                            **{**BUILD, "dataset": f"folder:{tmp_path / 'photos'}"})
+    meta = vfs.open_cache(cache).meta
+    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    for spec, message in ((f"folder:{tmp_path / 'missing'}", "cannot read the dataset"),
+                          (f"folder:{tmp_path / 'other'}", "finds another dataset")):
+        job = BuildJob(model="efficientnet_lite0", layer=BUILD["layer"], dataset=spec, out=str(cache),
+                       preprocess=meta.make_preprocess(), batch_size=8, device="cpu")
+        with pytest.raises(DatasetError, match=rf"worker tcp://127\.0\.0\.1:\d+ {message}"):
+            client.submit(build_block, job, 0, pure=False).result()
+    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before  # nothing written
 
 
 def assert_same_cache(one: Path, two: Path) -> None:

@@ -290,3 +290,39 @@ def test_hub_publishes_and_opens_the_index(tmp_path, monkeypatch, rng):
         index = open_coarse_index(remote)
         np.testing.assert_array_equal(index.codes, open_coarse_index(local).codes)
         assert search_two_stage(query, weights, remote, index=index, candidates=30, k=6).matches == expected.matches
+
+
+def test_search_command_with_candidates_is_the_two_stage_search_labelled_approximate(indexed, capsys):
+    """`python -m vfs search CACHE --index I --candidates M --json`: vfs.search_two_stage's matches, marked approximate."""
+    import json
+
+    from vfs.__main__ import main
+    from vfs.retrieval.command import search_command
+
+    cache = vfs.open_cache(indexed)
+    query = torch.from_numpy(cache[7].astype(np.float32))
+    expected = search_two_stage(query, torch.ones(H, W), cache, candidates=20, k=5, exclude=[3, 7])
+    assert search_command([str(indexed), "--index", "7", "--candidates", "20", "-k", "5", "--exclude", "3",
+                           "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [(m["index"], m["row"], m["col"], m["score"]) for m in document["matches"]] == [
+        (m.index, m.row, m.col, m.score) for m in expected.matches]
+    assert document["approximate"] is True and document["candidates"] == 20
+    assert document["mode"] == expected.label and "M=20" in document["mode"]
+    assert search_command([str(indexed), "--index", "7", "-k", "5", "--json"]) == 0  # the default stays exact
+    exact = json.loads(capsys.readouterr().out)
+    assert exact["approximate"] is False and exact["mode"] == "exact"
+    assert search_command([str(indexed), "--index", "7", "--candidates", "20", "-k", "3"]) == 0
+    assert "approximate: two-stage search" in capsys.readouterr().out
+    assert main(["search", str(indexed), "--index", "7", "--candidates", "0"]) == 1
+    assert "candidates must be a positive integer" in capsys.readouterr().err
+
+
+def test_default_dims_keeps_all_channels_of_a_narrow_cache(tmp_path, rng):
+    """The default d (48) on a cache of 24 channels keeps the 24, instead of refusing the default."""
+    from vfs.cache.coarse import DIMS
+
+    assert C < DIMS
+    path = make_cache(tmp_path / "narrow", low_rank_features(rng, 64))
+    build_coarse_index(path, sample=32, progress=False)
+    assert open_coarse_index(vfs.open_cache(path)).meta.dims == C

@@ -29,7 +29,8 @@ def write_cache(blocks: Iterable[np.ndarray], out: str | Path, *, count: int, gr
     """
     now = timestamp()
     meta = CacheMeta(
-        schema=SCHEMA, model=name, weights_id=name, layer=name, preprocess={"size": 1, "crop": 1},
+        schema=SCHEMA, model=name, weights_id=name, layer=name,
+        preprocess={"size": 1, "crop": 1, "mean": [0.0] * 3, "std": [1.0] * 3},  # no pixels: each image is 1x1
         input_size=1, grid=tuple(grid), channels=channels, dtype=dtype, count=count, shard_size=shard_size,
         batch_size=shard_size, codec=codec, checksum=True, thumbnail=1, dataset=name, dataset_fingerprint=name,
         label_names=(), arrays=("features", "thumbnails", "sq_norms", "labels", "image_sizes", "ids"),

@@ -12,7 +12,9 @@ The features are byte-identical to a one-process build run with the same torch t
 each worker (`--threads`): convolutions round differently with another thread count (measured here
 on efficientnet_lite0). Workers use `--nthreads` threads each, so give the local build the same.
 `out` and the dataset must be at the same path (or URL) on every worker: a worker that cannot
-read them fails the build with an error naming the worker and the path.
+read them fails the build with an error naming the worker and the path, and so does a worker that
+finds another dataset there (its fingerprint differs from the one the client recorded in the cache),
+so no block is ever written from other images.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def build_on_cluster(job: BuildJob, blocks: list[int], *, scheduler: Any, report
         client.cancel(futures)
 
 
-_LOADED: dict[tuple, Any] = {}  # per worker process: (model, layer, batch, device) -> extractor; spec -> dataset
+_LOADED: dict[tuple, Any] = {}  # per worker process: (model, layer, batch, device) -> extractor; ("dataset", spec, fingerprint) -> dataset
 _LOCK = threading.Lock()
 
 
@@ -86,7 +88,7 @@ def build_block(job: BuildJob, block: int) -> int:
     if weights_id != meta.weights_id:
         raise CacheMismatchError(f"worker {where} loads {meta.model} with weights {weights_id!r}, the cache was "
                                  f"started with {meta.weights_id!r}: give every worker the same weights file")
-    data = _dataset(job.dataset, where)
+    data = _dataset(job.dataset, where, meta.dataset_fingerprint)
     with torch.inference_mode():
         items, images, thumbnails = block_inputs(data, meta, job.preprocess, block, batch_size=job.batch_size)
         features = _extract(extractor, images, meta.dtype, first=block * meta.shard_size, reporter=None)  # (n, H, W, C)
@@ -108,17 +110,24 @@ def _extractor(job: BuildJob) -> tuple[Any, str]:
         return _LOADED[key]
 
 
-def _dataset(dataset: Any, where: str) -> Any:
+def _dataset(dataset: Any, where: str, fingerprint: str) -> Any:
+    """The dataset `dataset` names, opened once per worker process and checked against the cache's fingerprint."""
     from vfs.datasets import open_dataset
 
     if not isinstance(dataset, str):
-        return dataset
+        return dataset  # the client's own object, sent as is
     with _LOCK:
-        if ("dataset", dataset) not in _LOADED:
+        if ("dataset", dataset, fingerprint) not in _LOADED:
             try:
-                _LOADED["dataset", dataset] = open_dataset(dataset)
+                data = open_dataset(dataset)
+                found = data.fingerprint()
             except (VFSError, OSError) as error:
                 raise DatasetError(f"worker {where} cannot read the dataset {dataset!r} ({error}); the dataset must "
                                    "be at the same path on every worker (a shared filesystem, or installed on each "
                                    "machine)") from error
-        return _LOADED["dataset", dataset]
+            if found != fingerprint:
+                raise DatasetError(f"worker {where} finds another dataset at {dataset!r} than the one this cache "
+                                   f"is built from (fingerprint {found[:12]}, the cache's {fingerprint[:12]}): give "
+                                   "every worker the same files at the same path")
+            _LOADED["dataset", dataset, fingerprint] = data
+        return _LOADED["dataset", dataset, fingerprint]

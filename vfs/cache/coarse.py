@@ -15,7 +15,7 @@ The window magnitudes stay exact: the index uses the cache's own `sq_norms`. Bui
 written), and verified on open like the cache (sizes of block files, crc32c of every chunk).
 A cache rebuilt, or a different one, refuses an index made for another (`CacheMismatchError`).
 
-Why float16 codes with d = 32 by default: see docs/design.md (two-stage search) and bench/two_stage.py.
+Why float16 codes with d = 48 by default: see docs/design.md (two-stage search) and bench/two_stage.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from vfs.errors import CacheError, CacheIncompleteError, CacheMismatchError
 
 SCHEMA = 1
 GROUP = "coarse"     # the index's folder (a Zarr group) inside the cache
-DIMS = 32            # default projected channels
+DIMS = 48            # default projected channels (recall@10 >= 0.99 for every mask at M = 1,000 on 70,000 real maps)
 SAMPLE = 4096        # default images the PCA is fitted on (evenly spaced through the cache)
 
 Progress = bool | Callable[[float, str], None]
@@ -160,16 +160,18 @@ def has_coarse_index(cache: FeatureCache) -> bool:
     return attrs.get("status") == "complete" and attrs.get("cache") == cache_fingerprint(cache)
 
 
-def build_coarse_index(path: str | Path, *, dims: int = DIMS, sample: int = SAMPLE, progress: Progress = True,
+def build_coarse_index(path: str | Path, *, dims: int | None = None, sample: int = SAMPLE, progress: Progress = True,
                        overwrite: bool = False) -> Path:
     """Build (or resume) the coarse index of the finished cache at folder `path`; return the index's folder.
 
-    `dims` channels are kept, by a PCA fitted on `sample` images evenly spaced through the cache.
+    `dims` channels are kept (default `DIMS`, or all of a narrower cache's), by a PCA fitted on `sample`
+    images evenly spaced through the cache.
     An unfinished index built the same way is resumed; one for another cache, or with other settings,
     raises `CacheMismatchError` unless `overwrite`. `progress`: True for a bar, False, or `callable(fraction, message)`.
     """
     cache = open_cache(path, in_memory=False)
     count, channels, height, width = cache.shape
+    dims = min(DIMS, channels) if dims is None else dims
     if not 1 <= dims <= channels:
         raise ValueError(f"dims must be between 1 and the cache's {channels} channels, got {dims}: "
                          f"the default is {DIMS}")
@@ -267,10 +269,10 @@ def _reporter(progress: Progress, *, name: str) -> Callable[[float, str], None]:
 
 
 def index_coarse_command(argv: list[str]) -> int:
-    """`python -m vfs index-coarse CACHE [--dims 32]`: build (or resume) a cache's coarse index for two-stage search."""
+    """`python -m vfs index-coarse CACHE [--dims 48]`: build (or resume) a cache's coarse index for two-stage search."""
     parser = argparse.ArgumentParser(prog="python -m vfs index-coarse", description=index_coarse_command.__doc__)
     parser.add_argument("cache", type=Path, help="folder of a finished cache (python -m vfs index --out PATH)")
-    parser.add_argument("--dims", type=int, default=DIMS, help=f"channels kept (default {DIMS})")
+    parser.add_argument("--dims", type=int, help=f"channels kept (default {DIMS}, or all of a narrower cache's)")
     parser.add_argument("--sample", type=int, default=SAMPLE,
                         help=f"images the projection is fitted on (default {SAMPLE})")
     parser.add_argument("--overwrite", action="store_true", help="rebuild an index made otherwise or for another cache")

@@ -142,6 +142,8 @@ class CacheMeta:
 
         known = {f.name for f in fields(Preprocess)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items() if k in known}
+        values.setdefault("mean", (0.0, 0.0, 0.0))  # caches written from features (`write_cache`) have no pixels:
+        values.setdefault("std", (1.0, 1.0, 1.0))   # their 1x1 "images" need no normalisation
         return Preprocess(**values)
 
     def resume_command(self, out: str | Path) -> str:

@@ -3,6 +3,7 @@
     python -m vfs search caches/fmnist --index 12 --box 4,4,20,20 -k 5
     python -m vfs search caches/fmnist --image shoe.png --mask shoe-mask.png --json
     python -m vfs search caches/imagenet --index 3 --scheduler tcp://10.0.0.5:8786
+    python -m vfs search caches/imagenet --index 3 --candidates 1000   # two-stage (needs index-coarse)
     python -m vfs search --query chelsea --box 40,120,200,300      # no cache: the bundled photos (vfs.demo)
 
 The query is an image of the cache (`--index`: its stored features, no model needed) or an image
@@ -10,7 +11,10 @@ file (`--image`: its features are extracted with the cache's model, layer and pr
 region is a pixel box of that image (`--box top,left,bottom,right`, default the whole image) or a
 mask image of the same size (`--mask`: painted where the pixel, or the alpha of an RGBA PNG, is
 non-zero). With `--scheduler` (or the environment variable VFS_SCHEDULER) the cache is loaded
-into the workers of that Dask cluster and searched there, with the same answer.
+into the workers of that Dask cluster and searched there, with the same answer. With
+`--candidates M` the search is two-stage (`vfs.search_two_stage`, over the coarse index that
+`python -m vfs index-coarse CACHE` built): exact scores of the best of M images the index picks,
+labelled approximate in the output and the JSON.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-image", type=int, default=1, help="windows per image at most (default 1)")
     parser.add_argument("--exclude", default="", help="comma-separated image indices never returned")
     parser.add_argument("--include-query", action="store_true", help="let the --index image itself be matched")
+    parser.add_argument("--candidates", type=int, metavar="M",
+                        help="two-stage search: re-score the M images a coarse index picks (approximate; "
+                             "needs `python -m vfs index-coarse CACHE`; default: exact search of every image)")
     parser.add_argument("--json", action="store_true", help="print the matches as JSON")
     parser.add_argument("--scheduler", default=os.environ.get(SCHEDULER_ENV) or None,
                         help=f"Dask scheduler address to search on (env {SCHEDULER_ENV}; default: this process)")
@@ -81,6 +88,9 @@ def _search_cache(args: argparse.Namespace) -> int:
     exclude = _parse_indices(args.exclude)
     if args.index is not None and not args.include_query:
         exclude.append(args.index)
+    if args.candidates is not None and args.scheduler:
+        raise SearchError("--candidates (two-stage search) and --scheduler (exact search on a cluster) do not go "
+                          "together: pass one of them")
     if args.scheduler:
         from vfs.retrieval.cluster import open_cluster_cache
 
@@ -89,18 +99,32 @@ def _search_cache(args: argparse.Namespace) -> int:
         print(f"loaded {cache.shape[0]:,} images into {len(cache.place())} workers of {args.scheduler} "
               f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     started = time.perf_counter()
-    matches = search(query, np.asarray(weights, np.float32), cache, k=args.k, exclude=exclude,
-                     per_image=args.per_image)
+    weights = np.asarray(weights, np.float32)
+    approximate = None
+    if args.candidates is not None:
+        from vfs.cache.coarse import open_coarse_index
+        from vfs.retrieval.two_stage import search_two_stage
+
+        index = open_coarse_index(cache)
+        started = time.perf_counter()  # the index opens once per process: time the search alone
+        result = search_two_stage(query, weights, cache, index=index, candidates=args.candidates, k=args.k,
+                                  exclude=exclude, per_image=args.per_image)
+        matches, approximate = result.matches, result.label
+    else:
+        matches = search(query, weights, cache, k=args.k, exclude=exclude, per_image=args.per_image)
     seconds = time.perf_counter() - started
     rows = [_row(rank, match, cache, grid, preprocess) for rank, match in enumerate(matches, start=1)]
     if args.json:
         print(json.dumps({"cache": str(args.cache), "model": meta.model, "layer": meta.layer,
                           "query": {"index": args.index, "image": None if args.image is None else str(args.image)},
                           "cells": int((np.asarray(weights) > 0).sum()), "seconds": round(seconds, 4),
-                          "matches": rows}, indent=1))
+                          "approximate": approximate is not None, "candidates": args.candidates,
+                          "mode": approximate or "exact", "matches": rows}, indent=1))
         return 0
     print(f"{meta.model} {meta.layer}, {cache.shape[0]:,} images: {int((np.asarray(weights) > 0).sum())} of "
           f"{grid[0]}x{grid[1]} cells searched in {seconds:.3f} s")
+    if approximate:
+        print(approximate)
     print(f"{'rank':>4} {'index':>8}  {'score':>7}  {'label':<14} {'window (row,col,h,w)':<21} box (top,left,bottom,right)  id")
     for row in rows:
         window = f"({row['row']},{row['col']},{row['height']},{row['width']})"
