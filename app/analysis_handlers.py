@@ -23,10 +23,11 @@ from app.handlers import label_name
 from app.library import CacheLibrary
 from app.state import Outcome
 from vfs.errors import SearchError, VFSError
+from vfs.source import ZERO_NORM
 
 SIDE = 192  # pixels of each shown image (model view)
 POINTED = (255, 221, 0)  # outline of the pointed cell
-VEIL = (30, 60, 200)  # the overlays' colour over dissimilar cells: reads on dark images as on bright ones
+VEIL = (30, 60, 200)  # the overlays' color over dissimilar cells: reads on dark images as on bright ones
 VEIL_OPACITY = 0.75  # of the veil over the least similar cell shown (similar cells stay untouched)
 ANGLES = (-45, -30, -15, 0, 15, 30, 45)
 SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
@@ -176,7 +177,7 @@ def overlay_payload(shown: Shown) -> dict:
 
 def overlay_html(shown: Shown | None) -> str:
     """The images with a canvas over each and every overlay in data attributes; the tab's script
-    recolours the canvases as the mouse moves (lighter = more similar to the pointed cell)."""
+    recolors the canvases as the mouse moves (lighter = more similar to the pointed cell)."""
     if shown is None:
         return "<p>Run a search, then come back: the query and its results appear here.</p>"
     payload = json.dumps(overlay_payload(shown))
@@ -202,10 +203,10 @@ def overlay_html(shown: Shown | None) -> str:
 
 def _shade(image: Image.Image, grid: np.ndarray, cell: tuple[int, int] | None, *, floor: float) -> Image.Image:
     """`image` veiled in `VEIL` where `grid` (h, w) cosine is low: 1 leaves it untouched, `floor` (the lowest
-    cosine shown) gets `VEIL_OPACITY`, as the page script draws it. A coloured veil, not black, so the
+    cosine shown) gets `VEIL_OPACITY`, as the page script draws it. A colored veil, not black, so the
     overlay reads on dark images (Fashion-MNIST's black backgrounds) too. The pointed cell is outlined."""
     h, w = grid.shape
-    floor = min(floor, 0.99)
+    floor = min(floor, 0.99)  # a grid of equal cosines (floor 1) would divide by zero
     veiled = np.clip((1.0 - grid) / (1.0 - floor), 0.0, 1.0) * VEIL_OPACITY  # (h, w) opacity of the veil
     alpha = Image.fromarray((veiled * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
     veil = Image.new("RGBA", image.size, (*VEIL, 0))
@@ -240,14 +241,14 @@ def overlay_images(shown: Shown, image_index: int, row: int, col: int) -> list[t
 def _heat(image: Image.Image, values: np.ndarray, scale: float) -> Image.Image:
     """`image` under a diverging heatmap of `values` (h, w): red positive, blue negative, bilinear."""
     _h, _w = values.shape
-    scaled = np.clip(values / max(scale, 1e-12), -1.0, 1.0)  # (h, w)
+    scaled = np.clip(values / max(scale, ZERO_NORM), -1.0, 1.0)  # (h, w); an all-zero map stays 0
     small = Image.fromarray(((scaled + 1.0) * 127.5).astype(np.uint8))
     big = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), np.float32) / 127.5 - 1.0  # (S, S)
-    colour = np.zeros((*big.shape, 4), np.uint8)  # (S, S, 4)
-    colour[..., 0] = np.where(big > 0, 230, 30)
-    colour[..., 2] = np.where(big > 0, 30, 230)
-    colour[..., 3] = (np.abs(big) * 170).astype(np.uint8)
-    return Image.alpha_composite(image.convert("RGBA"), Image.fromarray(colour, "RGBA")).convert("RGB")
+    color = np.zeros((*big.shape, 4), np.uint8)  # (S, S, 4)
+    color[..., 0] = np.where(big > 0, 230, 30)
+    color[..., 2] = np.where(big > 0, 30, 230)
+    color[..., 3] = (np.abs(big) * 170).astype(np.uint8)
+    return Image.alpha_composite(image.convert("RGBA"), Image.fromarray(color, "RGBA")).convert("RGB")
 
 
 def why_images(shown: Shown, rank: int, *, pooling: str = "avg") -> tuple[Image.Image, Image.Image, str]:
@@ -261,19 +262,19 @@ def why_images(shown: Shown, rank: int, *, pooling: str = "avg") -> tuple[Image.
     scale = max(np.abs(map_q).max(), np.abs(map_r).max())
     text = (f"{pooling} pooling: cosine of the pooled embeddings {score:.3f} = sum of the query map "
             f"{map_q.sum():.3f} = sum of the result map {map_r.sum():.3f}. Red cells add to the "
-            "similarity, blue cells take from it (one colour scale for both).")
+            "similarity, blue cells take from it (one color scale for both).")
     return _heat(shown.images[0], map_q, scale), _heat(shown.images[rank], map_r, scale), text
 
 
 def factor_images(shown: Shown, *, k: int = 4, negatives: str = "clip") -> tuple[list, str]:
-    """NMF of the shown images' activations: each component one colour, blended over the images."""
+    """NMF of the shown images' activations: each component one color, blended over the images."""
     from vfs.analysis.overlays import PALETTE, factorize, render_factors
 
     factors = factorize(shown.features, k=k, negatives=negatives)
-    colours = render_factors(factors.maps)  # (N, h, w, 3)
+    colors = render_factors(factors.maps)  # (N, h, w, 3)
     items = []
-    for image, colour, caption in zip(shown.images, colours, shown.captions):
-        layer = Image.fromarray(colour).resize(image.size, Image.Resampling.NEAREST)
+    for image, color, caption in zip(shown.images, colors, shown.captions):
+        layer = Image.fromarray(color).resize(image.size, Image.Resampling.NEAREST)
         items.append((Image.blend(image.convert("RGB"), layer, 0.6), caption))
     names = ", ".join(f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}" for r, g, b in PALETTE[:k])
     return items, (f"{k} components ({names}); negatives: {negatives}; "

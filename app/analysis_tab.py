@@ -3,7 +3,7 @@ a result, region re-ranking, NMF of activations and rotation/scale sensitivity o
 
 `app/ui.py` calls `build_analysis_tab(ctx)` inside the tab; the work is in `app.analysis_handlers`.
 The hover overlays are drawn in the browser: the `gr.HTML` below holds the images and every
-precomputed overlay (as data attributes) and its `js_on_load` recolours canvases on mousemove.
+precomputed overlay (as data attributes) and its `js_on_load` recolors canvases on mousemove.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.wiring import AnalysisContext, readable
 
 # Runs once in the browser when the HTML component mounts; `element` is its root. Listeners sit on the
 # root, so they survive re-renders of the value; the payload is re-read whenever it changes.
-# the veil's colour and opacity, the same as the server's click overlays draw (`analysis._shade`)
+# the veil's color and opacity, the same as the server's click overlays draw (`analysis._shade`)
 VEIL_JS = f"const VEIL = '{','.join(map(str, analysis.VEIL))}', VEIL_OPACITY = {analysis.VEIL_OPACITY};\n"
 OVERLAY_JS = r"""
 const memo = { text: null, data: null, bytes: null, started: null };
@@ -162,12 +162,12 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
             rerank_button = gr.Button("Re-rank", elem_id="vfs-rerank")
         reranked = gr.Gallery(label="ranked by the region's share of the pooled similarity", columns=4,
                               height=420, elem_id="vfs-reranked", format="png")
-    with gr.Accordion("Non-negative matrix factorisation of the shown activations", open=False):
+    with gr.Accordion("Non-negative matrix factorization of the shown activations", open=False):
         with gr.Row():
             components = gr.Slider(2, 6, value=4, step=1, label="components")
             negatives = gr.Radio(["clip", "shift"], value="clip", label="negative activations")
-            nmf_button = gr.Button("Factorise", elem_id="vfs-nmf")
-        factors = gr.Gallery(label="one colour per component", columns=3, height=420, elem_id="vfs-nmf-out",
+            nmf_button = gr.Button("Factorize", elem_id="vfs-nmf")
+        factors = gr.Gallery(label="one color per component", columns=3, height=420, elem_id="vfs-nmf-out",
                              format="png")
         factors_text = gr.Markdown()
     with gr.Accordion("Sensitivity of the clicked query cell to rotation and scale", open=False):
@@ -210,9 +210,9 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
         return analysis.why_images(current, int(result_rank), pooling=how)
 
     @readable
-    def factorise(current, k, how):
+    def factorize_shown(current, k, how):
         if current is None:
-            raise gr.Error("nothing to factorise yet: run a search first")
+            raise gr.Error("nothing to factorize yet: run a search first")
         return analysis.factor_images(current, k=int(k), negatives=how)
 
     @readable
@@ -232,7 +232,7 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
                  **on_message)
     query_view.select(click, [shown], [clicked, cell], api_name=False, **on_message)
     why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why", **on_message)
-    nmf_button.click(factorise, [shown, components, negatives], [factors, factors_text], api_name=False,
+    nmf_button.click(factorize_shown, [shown, components, negatives], [factors, factors_text], api_name=False,
                      **on_message)
     rerank_button.click(rerank, [ctx.results, rerank_pooling], [reranked], api_name="rerank_region", **on_message)
     sensitivity_button.click(chart, [ctx.results, cell, kind], [sensitivity_plot, sensitivity_text], api_name=False,

@@ -108,7 +108,7 @@ def export_results(
             "mode": "two-stage" if outcome.options.candidates else "exact",
             "approximate": bool(outcome.options.candidates),
             "candidates": outcome.options.candidates or None,
-            "label": handlers.approximate_note(cache, outcome.options, outcome.best) or "exact search of every image",
+            "label": handlers.approximate_note(cache, outcome.options) or "exact search of every image",
         },
         "results": rows,
     }

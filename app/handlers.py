@@ -126,6 +126,7 @@ def read_query(
     return Query(cache_key=cache_key, image=image, mask=mask, index=index, image_id=image_id), notes
 
 
+UPLOADS_KEPT = 16  # uploads whose features are kept: a user paints a few masks on the same image
 _upload_features: dict[tuple, np.ndarray] = {}  # (model, layer, preprocess, image digest) -> (C, h, w)
 
 
@@ -142,7 +143,8 @@ def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
     preprocess = library.preprocess(cache)
     digest = hashlib.sha1(query.image.tobytes() + str(query.image.shape).encode()).hexdigest()
     key = (meta.model, meta.layer, preprocess, digest)
-    if key not in _upload_features:
+    features = _upload_features.get(key)
+    if features is None:  # read once: another thread may evict the dict between a check and a second read
         extractor = library.extractor(meta.model, meta.layer, preprocess=preprocess)
         features = extractor(Image.fromarray(query.image))  # (1, C, h, w)
         features = np.asarray(features, dtype=np.float32)[0]  # (C, h, w)
@@ -151,24 +153,20 @@ def query_features(library: CacheLibrary, query: Query) -> np.ndarray:
                 f"{meta.model} {meta.layer} gives features {features.shape} for this image but the cache holds "
                 f"{tuple(cache.shape[1:])}: the cache was built with another input size; rebuild it or pick another cache"
             )
-        if len(_upload_features) > 16:
+        if len(_upload_features) >= UPLOADS_KEPT:
             _upload_features.clear()
         _upload_features[key] = features
-    return _upload_features[key]
+    return features
 
 
 def query_weights(library: CacheLibrary, query: Query) -> np.ndarray:
-    """(h, w) float32: the painted mask on the cache's feature grid, through the model's crop."""
+    """(h, w) float32: the painted mask on the cache's feature grid, through the model's crop.
+
+    A mask outside the crop is a MaskError from `mask_to_grid` (it names the rows and columns to paint in)."""
     from vfs import mask_to_grid
 
     cache = library.open(query.cache_key)
-    weights = mask_to_grid(query.mask, tuple(cache.shape[2:]), preprocess=library.preprocess(cache))
-    if not np.any(weights > 0):
-        raise MaskError(
-            "the painted region lies outside the part of the image the model sees (its centre crop, "
-            "the bright area in 'What the model sees'): paint inside it"
-        )
-    return np.asarray(weights, dtype=np.float32)
+    return mask_to_grid(query.mask, tuple(cache.shape[2:]), preprocess=library.preprocess(cache))  # (h, w)
 
 
 def grid_preview(library: CacheLibrary, cache_key: str, value: dict | None) -> Image.Image | None:
@@ -236,12 +234,10 @@ def run_search(
 
 def two_stage_windows(library: CacheLibrary, query: Query, options: SearchOptions, features, weights, *,
                       subset: np.ndarray | None):
-    """The exact best windows of the `options.candidates` images a cache's coarse index ranks best."""
+    """The exact best windows of the `options.candidates` images (>= 1: `SearchOptions` refuses a
+    negative count, and 0 means exact search) that a cache's coarse index ranks best."""
     from vfs.retrieval.two_stage import best_windows_two_stage
 
-    if options.candidates < 1:
-        raise DatasetError(f"candidates must be 0 (exact search) or a positive number of images, "
-                           f"got {options.candidates}")
     index = library.coarse(query.cache_key)
     if index is None:
         entry = library.entry(query.cache_key)
@@ -253,13 +249,15 @@ def two_stage_windows(library: CacheLibrary, query: Query, options: SearchOption
                                   candidates=options.candidates, exclude=exclude, subset=subset)
 
 
-def approximate_note(cache, options: SearchOptions, best) -> str | None:
+def approximate_note(cache, options: SearchOptions) -> str | None:
     """The label of two-stage results (approximate, with M), or None for an exact search."""
     if not options.candidates:
         return None
     from vfs.retrieval.two_stage import approximate_label
 
     return approximate_label(options.candidates, int(cache.shape[0]))
+
+
 def check_options(cache, options: SearchOptions) -> None:
     """Refuse options this cache cannot honour (`SearchOptions` itself checks what holds for any cache)."""
     if options.unique == "domain" and not cache.domains:
@@ -361,5 +359,5 @@ def search_summary(library: CacheLibrary, outcome: Outcome) -> str:
         f"{count} result{'' if count == 1 else 's'} in {meta.model} `{meta.layer}` · {meta.dataset} for the {source} · mask covers {cells} of {outcome.weights.size} cells · "
         f"searched {outcome.best.scores.size} of {cache.shape[0]} images in {outcome.seconds * 1000:.0f} ms"
     )
-    note = approximate_note(cache, outcome.options, outcome.best)
+    note = approximate_note(cache, outcome.options)
     return summary if note is None else f"**{note}** · {summary}"

@@ -33,7 +33,7 @@ class CacheEntry:
     fingerprint: str | None = None  # dataset fingerprint of a local cache (two caches of one dataset share it)
 
 
-def describe(cache) -> str:
+def cache_title(cache) -> str:
     """One line naming a cache: model, layer, dataset, N, grid and dtype (and its two-stage index, if any)."""
     from vfs.cache.coarse import has_coarse_index
 
@@ -88,7 +88,7 @@ class CacheLibrary:
             key = folder.relative_to(self.root).as_posix()
             try:
                 cache = open_cache(folder)
-                title = describe(cache)
+                title = cache_title(cache)
             except (VFSError, OSError) as error:  # an unfinished or damaged cache is skipped; a bug is not
                 log.warning("skipping cache %s: %s", folder, error)
                 continue

@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vfs  # noqa: E402
+from bench.timing import median  # noqa: E402
 from vfs.cache.build import _finish, _open_or_create, _versions, _write_block  # noqa: E402
 from vfs.cache.format import SCHEMA, CacheMeta  # noqa: E402
 from vfs.datasets import ImageItem  # noqa: E402
@@ -73,16 +74,6 @@ def write_cache(out: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-def median_time(function, repeats: int) -> tuple[float, object]:
-    result = function()  # warm up (kernels compiled, pages touched)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
-
-
 def build_rate(images: int, work: Path, *, scheduler=None) -> float:
     out = work / ("build-cluster" if scheduler else "build-local")
     shutil.rmtree(out, ignore_errors=True)
@@ -118,7 +109,7 @@ def main() -> int:
 
     torch.set_num_threads(2)
     local = vfs.open_cache(path, in_memory=True)
-    one = {name: median_time(lambda w=weights, s=local: vfs.search(query, w, s, k=20), args.repeats)
+    one = {name: median(lambda w=weights, s=local: vfs.search(query, w, s, k=20), args.repeats)
            for name, weights in masks().items()}
     del local
 
@@ -130,11 +121,11 @@ def main() -> int:
         load = time.perf_counter() - started
         memory = client.run(lambda: __import__("psutil").Process().memory_info().rss)
         for name, weights in masks().items():
-            seconds, found = median_time(lambda w=weights: vfs.search(query, w, remote, k=20), args.repeats)
+            seconds, found = median(lambda w=weights: vfs.search(query, w, remote, k=20), args.repeats)
             rows.append((name, one[name][0], seconds, found == one[name][1]))
         workers = sorted(client.ncores())
-        trip, _ = median_time(lambda: client.gather([client.submit(int, i, workers=[w], pure=False)
-                                                     for i, w in enumerate(workers)]), 20)
+        trip, _ = median(lambda: client.gather([client.submit(int, i, workers=[w], pure=False)
+                                                for i, w in enumerate(workers)]), 20)
         weights = masks()["3x3"]
         pid = client.run(os.getpid)[workers[0]]
         gather = remote.client.gather

@@ -17,7 +17,6 @@ Without CUDA it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.search import MASKS, make_weights  # noqa: E402
+from bench.timing import median  # noqa: E402
 from vfs.retrieval.prepared import PreparedSource  # noqa: E402
 from vfs.retrieval.window import best_windows, search  # noqa: E402
 
@@ -52,16 +52,6 @@ def synchronized(fn):
     return run
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm up: plans, buffers, cuBLAS handles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def device_source(n: int, device: torch.device) -> PreparedSource:
     """Seeded features made on the device in blocks: (N, H, W, C) float16 and sq_norms (N, H, W)."""
     generator = torch.Generator(device=device).manual_seed(0)
@@ -78,13 +68,13 @@ def device_source(n: int, device: torch.device) -> PreparedSource:
 
 def search_times(source: PreparedSource, repeats: int) -> None:
     query = source[17].float()  # (C, H, W) on the device
-    read = timed(synchronized(lambda: source.stored.sum()), repeats)
+    read = median(synchronized(lambda: source.stored.sum()), repeats)[0]  # warmed up: plans, buffers, cuBLAS
     n = source.shape[0]
     print(f"\nsearch over {n:,} images ({source.nbytes / 1e9:.1f} GB on the device), one read {read * 1e3:.1f} ms")
     print("| mask | seconds per query | ratio to one read |\n|---|---|---|")
     for name in MASKS:
         weights = make_weights(name, GRID)
-        seconds = timed(lambda weights=weights: search(query, weights, source, k=10), repeats)
+        seconds = median(lambda weights=weights: search(query, weights, source, k=10), repeats)[0]
         print(f"| {name} | {seconds:.3f} | {seconds / read:.1f}x |", flush=True)
 
 

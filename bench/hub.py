@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import vfs  # noqa: E402 (after the path set-up)
+from bench.timing import best  # noqa: E402
 from hub_caches.encode import CODECS, feature_compressors, inner_rows  # noqa: E402
 
 SETTINGS = [("lz4", 5), ("zstd", 1), ("zstd", 3), ("zstd", 5), ("zstd", 7), ("zstd", 9)]
@@ -43,15 +44,6 @@ SETTINGS = [("lz4", 5), ("zstd", 1), ("zstd", 3), ("zstd", 5), ("zstd", 7), ("zs
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def best_of(fn, times: int = 3) -> float:
-    spent = []
-    for _ in range(times):
-        start = time.perf_counter()
-        fn()
-        spent.append(time.perf_counter() - start)
-    return min(spent)
 
 
 def compression(cache: Path, work: Path) -> list[dict]:
@@ -67,7 +59,7 @@ def compression(cache: Path, work: Path) -> list[dict]:
         start = time.perf_counter()
         encoded = [blosc.encode(block) for block in blocks]
         encode = time.perf_counter() - start
-        decode = best_of(lambda blosc=blosc, encoded=encoded: [blosc.decode(e) for e in encoded])
+        decode = best(lambda blosc=blosc, encoded=encoded: [blosc.decode(e) for e in encoded])
         row = {"codec": f"{codec}-{level}", "ratio": raw.nbytes / sum(map(len, encoded)),
                "encode_MBps": raw.nbytes / 1e6 / encode, "decode_MBps": raw.nbytes / 1e6 / decode}
         for label, chunk in ((f"{inner}img", inner), ("1img", 1)):
@@ -81,7 +73,7 @@ def compression(cache: Path, work: Path) -> list[dict]:
                                           chunks=(chunk, *raw.shape[1:]), shards=(shard, *raw.shape[1:]))
                 array[:] = raw
             assert np.array_equal(zarr.open_array(target, mode="r")[:], raw)
-            row[f"zarr_{label}_read_s"] = best_of(lambda target=target: zarr.open_array(target, mode="r")[:])
+            row[f"zarr_{label}_read_s"] = best(lambda target=target: zarr.open_array(target, mode="r")[:])
             if chunk == inner:
                 row["zarr_MB"] = folder_bytes(target) / 1e6
             shutil.rmtree(target)

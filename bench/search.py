@@ -25,7 +25,6 @@ import gc
 import importlib.util
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zarr  # noqa: E402
 
+from bench.timing import median  # noqa: E402
 from vfs.retrieval.prepared import prepare  # noqa: E402
 from vfs.retrieval.window import search  # noqa: E402
 
@@ -98,18 +98,6 @@ def multiply_adds_per_value(weights: np.ndarray) -> float:
     return len(rows) * offsets / weights.size
 
 
-def timed(fn, repeats: int, *, warm_up: bool):
-    """Median seconds of `repeats` calls (after one untimed call when `warm_up`: numba loads its cache)."""
-    if warm_up:
-        fn()
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def rss_gb() -> tuple[float, float]:
     """(current, peak since the last reset) resident memory of this process, in GB."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -123,7 +111,7 @@ def reset_peak() -> None:
 def gemm_rate() -> float:
     """Multiply-adds per second of a float32 2048^3 matmul here (the best the arithmetic can do)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    seconds, _ = timed(lambda: a @ b, 3, warm_up=True)
+    seconds, _ = median(lambda: a @ b, 3, warm_up=True)
     return 2048**3 / seconds
 
 
@@ -139,8 +127,8 @@ class Table:
         read = self.reads[dtype]
         for i, name in enumerate(MASKS):
             weights = make_weights(name, GRID)
-            seconds, matches = timed(lambda weights=weights: search(self.query, weights, source, k=self.args.k),
-                                     self.args.repeats, warm_up=i == 0)
+            seconds, matches = median(lambda weights=weights: search(self.query, weights, source, k=self.args.k),
+                                      self.args.repeats, warm_up=i == 0)
             self.rows[name][label] = f"{seconds:.3f} ({seconds / read:.1f}x)"
             top = [(m.index, m.row, m.col) for m in matches]
             same = self.tops.setdefault(f"{name} {dtype}", top) == top
@@ -177,7 +165,7 @@ def main() -> None:
     rate = gemm_rate()
 
     features = make_features(args.n, dtype=torch.float16)  # (N, C, H, W) contiguous
-    reads = {"float16": timed(lambda: features.sum(), args.repeats, warm_up=True)[0]}
+    reads = {"float16": median(lambda: features.sum(), args.repeats, warm_up=True)[0]}
     query = features[17].float()  # (C, H, W)
     table = Table(args, query, reads)
     print(f"float16: {features.numel() * 2 / 1e9:.2f} GB, one read {reads['float16']:.3f} s", flush=True)
@@ -207,7 +195,7 @@ def main() -> None:
     gc.collect()
 
     features = make_features(args.n, dtype=torch.float32)  # (N, C, H, W) contiguous, same seed
-    reads["float32"] = timed(lambda: features.sum(), args.repeats, warm_up=True)[0]
+    reads["float32"] = median(lambda: features.sum(), args.repeats, warm_up=True)[0]
     print(f"float32: {features.numel() * 4 / 1e9:.2f} GB, one read {reads['float32']:.3f} s", flush=True)
     table.run("tensor f32 NCHW", features, "float32")
     table.run("numpy f32 NCHW", features.numpy(), "float32")
@@ -236,7 +224,7 @@ def reference(args, features: torch.Tensor, query: torch.Tensor) -> None:
     tool = module.CachedSearchTool(lambda x: x, np.ascontiguousarray(features[:ref_n].numpy()), "cpu")
     tool.set_input_image(query)
     for name in MASKS:
-        seconds, _ = timed(lambda name=name: tool.compute(make_weights(name, GRID)), 1, warm_up=False)
+        seconds, _ = median(lambda name=name: tool.compute(make_weights(name, GRID)), 1, warm_up=False)
         print(f"  reference (x{args.n / ref_n:.3g} from {ref_n})  {name:<14} {seconds * args.n / ref_n:7.2f} s",
               flush=True)
 

@@ -10,7 +10,7 @@ TAGS = ["visual-feature-search", "features", "embeddings", "zarr"]
 
 def render_card(repo_id: str, cache: dict[str, Any], *, license: str = "other",
                 revision: str | None = None) -> str:
-    """The card for `repo_id` holding `cache` (as `encode.describe` returns it)."""
+    """The card for `repo_id` holding `cache` (as `encode.cache_facts` returns it)."""
     from huggingface_hub import DatasetCardData
 
     n, channels, height, width = cache["shape"]

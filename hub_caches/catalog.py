@@ -38,7 +38,8 @@ class CatalogEntry:
     manifest_sha256: str | None = None   # sha256 of manifest.json, checked on open when given
     tag: str | None = None       # the tag the sha was published under, for people reading the catalog
 
-    def describe(self) -> str:
+    def line(self) -> str:
+        """One line of `python -m hub_caches list`: name, repo@revision, model, layer, dataset, shape, size."""
         return (f"{self.name:<28} {self.repo_id}@{self.revision[:10]} {self.model} {self.layer} "
                 f"{self.dataset} N={self.n} {self.grid[0]}x{self.grid[1]}x{self.channels} {self.dtype} "
                 f"{self.size_bytes / 2**20:.1f} MiB")
@@ -103,5 +104,5 @@ def list_command(argv: list[str]) -> int:
         print(f"no published caches in {catalog_path(args.catalog)} yet: push one with "
               "`python -m hub_caches push PATH --repo ORG/NAME` and add the entry it prints")
     for entry in entries.values():
-        print(entry.describe())
+        print(entry.line())
     return 0

@@ -96,7 +96,7 @@ def encode_cache(source: str | Path, out: str | Path, *, codec: str = "zstd",
     return target
 
 
-def describe(meta: Any, *, codec: str, size_bytes: int) -> dict[str, Any]:
+def cache_facts(meta: Any, *, codec: str, size_bytes: int) -> dict[str, Any]:
     """What a published cache holds, from its `CacheMeta`: recorded in the manifest and the card."""
     height, width = meta.grid
     return {"model": meta.model, "weights_id": meta.weights_id, "layer": meta.layer, "dataset": meta.dataset,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub_caches.catalog import CatalogEntry, entry_json
-from hub_caches.encode import describe, encode_cache, folder_size, write_manifest
+from hub_caches.encode import cache_facts, encode_cache, folder_size, write_manifest
 from hub_caches.errors import HubCacheError, hub_error
 from hub_caches.remote import CARD, STORE_DIR, hub_endpoint, sha256_file
 
@@ -53,7 +53,7 @@ def push_cache(path: str | Path, repo_id: str, *, tag: str | None = None, codec:
         with tempfile.TemporaryDirectory(prefix="hub_caches-push-") as folder:
             folder = Path(folder)
             store = encode_cache(path, folder, codec=codec)
-            info = describe(cache.meta, codec=codec, size_bytes=folder_size(store))
+            info = cache_facts(cache.meta, codec=codec, size_bytes=folder_size(store))
             from hub_caches.card import render_card
 
             (folder / CARD).write_text(render_card(repo_id, info, license=license, revision=tag))

@@ -2,7 +2,7 @@
 `test_app_browser.py` (never `playwright install`).
 
 Pick a dataset image, paint, search, open the tab; the overlays show every image at the cache's layer
-and at a second layer of its model. Hovering a cell of the query recolours both layers, the other
+and at a second layer of its model. Hovering a cell of the query recolors both layers, the other
 layer pointing at the cell `vfs.analysis.overlays.map_cell` gives; hovering the second layer maps back; a click
 points too, and so does the click fallback (pictures shaded by the server). A screenshot goes to the test's folder
 and to `tests/artifacts/analysis-hover.png` (ignored by git).
@@ -49,7 +49,7 @@ def cell_of(page, figure: str) -> tuple[int, int]:
     return int(row), int(col)
 
 
-def test_hover_recolours_both_layers_in_step(page, app_url, tmp_path):
+def test_hover_recolors_both_layers_in_step(page, app_url, tmp_path):
     page.goto(app_url)
     page.wait_for_selector("#vfs-dataset .thumbnail-item")
     page.locator("#vfs-dataset .thumbnail-item").nth(3).click()
@@ -68,7 +68,7 @@ def test_hover_recolours_both_layers_in_step(page, app_url, tmp_path):
     assert grids[0] != grids[1], "the default second layer should have another grid size"
     assert page.locator("#vfs-ov-layer2 input").input_value() == second["name"]
 
-    # hover a cell of the query at the cache's layer: both layers recolour, the second at the mapped cell
+    # hover a cell of the query at the cache's layer: both layers recolor, the second at the mapped cell
     before = [page.evaluate(CANVAS, f"vfs-ov-{k}-{i}") for k in (0, 1) for i in (0, 1)]
     row, col = grids[0][0] - 2, 1
     hover_cell(page, "vfs-ov-0-0", row, col, grids[0])

@@ -191,5 +191,5 @@ def test_overlays_read_on_a_black_image():
     grid = np.array([[1.0, 0.2], [0.6, 0.2]])  # (2, 2) cosines; the lowest shown is 0.2
     shaded = np.asarray(analysis._shade(black, grid, None, floor=0.2)).astype(int)  # (40, 40, 3)
     assert shaded[10, 10].sum() == 0  # cosine 1: untouched
-    assert shaded[10, 30].sum() > 100 and shaded[30, 10].sum() > 40  # dissimilar cells visibly coloured
+    assert shaded[10, 30].sum() > 100 and shaded[30, 10].sum() > 40  # dissimilar cells visibly colored
     assert shaded[10, 30].sum() > shaded[30, 10].sum()  # the less similar, the stronger

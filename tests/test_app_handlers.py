@@ -135,6 +135,15 @@ def test_empty_mask_is_a_readable_error(library):
         handlers.read_query(library, FMNIST, value, picked)
 
 
+def test_a_mask_outside_the_crop_says_where_to_paint(library):
+    image = np.full((300, 400, 3), 128, np.uint8)  # an upload: wider than tall, so the crop cuts every side
+    top, left, bottom, right = library.preprocess(library.open(PHOTOS)).crop_box(300, 400)
+    assert top >= 8  # the stroke below lies wholly above the crop
+    query, _ = handlers.read_query(library, PHOTOS, stroke_value(image, (0, 0, 8, 400)))
+    with pytest.raises(vfs.MaskError, match=f"outside the centre crop.*rows {top:.0f}-{bottom:.0f}"):
+        handlers.query_weights(library, query)
+
+
 def test_no_image_and_no_cache_are_readable_errors(library):
     with pytest.raises(vfs.DatasetError, match="no query image"):
         handlers.read_query(library, FMNIST, None)

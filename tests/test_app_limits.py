@@ -127,7 +127,7 @@ def test_a_mask_shorter_than_it_declares_is_refused():
         ({"options": {"exclude_query": "yes"}}, "exclude_query='yes' must be true or false"),
         ({"options": {"unique": "domains"}}, "unique='domains' is not an option"),
         ({"options": {"only_label": 5}}, "only_label must be a label name"),
-        ({"options": {"colour": "red"}}, "its options are not"),
+        ({"options": {"color": "red"}}, "its options are not"),
         ({"options": []}, "its options are not"),
     ],
 )

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from vfs import ArrayDataset, CacheMismatchError, Preprocess, build_cache, load_model, open_cache
+from vfs import (
+    ArrayDataset,
+    CacheIncompleteError,
+    CacheMismatchError,
+    Preprocess,
+    build_cache,
+    load_model,
+    open_cache,
+)
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -54,3 +62,37 @@ def test_resuming_with_another_batch_size_warns_and_the_same_one_does_not(tiny, 
         build(tiny, "0", noise(3), tmp_path / "cache", batch_size=4)
     with pytest.warns(UserWarning, match=r"with batch size 2, it was started with 4: features will differ"):
         build(tiny, "0", noise(3), tmp_path / "cache", batch_size=2)
+
+
+class FailsOnce(ArrayDataset):
+    """`noise(seed)` whose image `at` cannot be read the first time: a build stops after the blocks before it."""
+
+    def __init__(self, seed: int, at: int):
+        self.base, self.at, self.failed = noise(seed), at, False
+        self.name, self.label_names = self.base.name, self.base.label_names
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def fingerprint(self) -> str:
+        return self.base.fingerprint()  # the same images: a resume with the base dataset is the same build
+
+    def item(self, index: int):
+        if index == self.at and not self.failed:
+            self.failed = True
+            raise OSError("the disk went away")
+        return self.base.item(index)
+
+
+def test_an_unfinished_build_resumed_with_another_batch_size_warns_and_finishes_the_same(tiny, tmp_path):
+    data = FailsOnce(4, at=4)  # shard_size 4: block 0 is written, block 1 fails
+    with pytest.raises(OSError, match="the disk went away"):
+        build(tiny, "0", data, tmp_path / "cache", batch_size=4)
+    with pytest.raises(CacheIncompleteError, match="4 of 6 images done"):
+        open_cache(tmp_path / "cache")
+    with pytest.warns(UserWarning, match=r"resuming .* with batch size 2, it was started with 4"):
+        build(tiny, "0", data, tmp_path / "cache", batch_size=2)
+    fresh = open_cache(build(tiny, "0", noise(4), tmp_path / "fresh", batch_size=4))  # the oracle
+    resumed = open_cache(tmp_path / "cache")
+    assert resumed.meta.status == "complete" and resumed.meta.batch_size == 4  # the batch size it was started with
+    np.testing.assert_allclose(resumed[0:6], fresh[0:6], rtol=1e-5, atol=1e-6)  # batches differ, rounding may

@@ -7,6 +7,7 @@ streamed cache == search over the same values in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import zarr
 
 import vfs
 from vfs.cache.build import build_cache
-from vfs.cache.format import thumbnail_size
+from vfs.cache.format import block_count, thumbnail_size
 from vfs.cache.reader import open_cache
 from vfs.datasets import ArrayDataset, FolderDataset, open_dataset
 from vfs.errors import CacheCorruptError, CacheIncompleteError, CacheMismatchError
@@ -62,6 +63,18 @@ def test_features_written_equal_features_extracted(model, built):
     np.testing.assert_array_equal(cache[[9, 3, 40]], expected[[9, 3, 40]].numpy())
     assert cache[10:20].flags.c_contiguous is False  # a transposed view of channels-last storage
     assert torch.from_numpy(cache[10:20]).permute(0, 2, 3, 1).is_contiguous()
+
+
+@pytest.mark.parametrize(("count", "shard_size"), [(1, 1), (7, 3), (9, 3), (10, 4), (5, 8)])
+def test_block_spans_cover_every_image_once(built, count, shard_size):
+    meta = dataclasses.replace(open_cache(built).meta, count=count, shard_size=shard_size)
+    spans = [meta.span(b) for b in range(meta.blocks)]
+    assert [i for start, stop in spans for i in range(start, stop)] == list(range(count))  # in order, once each
+    assert meta.blocks == block_count(count, shard_size) == len({i // shard_size for i in range(count)})
+    rng = np.random.default_rng(count)
+    for _ in range(5):
+        blocks = [int(b) for b in rng.permutation(meta.blocks)[: rng.integers(0, meta.blocks + 1)]]
+        assert meta.images_in(blocks) == sum(1 for i in range(count) if i // shard_size in blocks)
 
 
 def test_metadata_round_trip(model, built):

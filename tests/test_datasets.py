@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,24 @@ def test_a_damaged_image_decodes_in_part_and_leaves_pils_flag_as_it_was(tmp_path
     assert ImageFile.LOAD_TRUNCATED_IMAGES is setting  # not switched off (or left on) for the whole process
     with pytest.raises(OSError, match="truncated") if not setting else contextlib.nullcontext():
         Image.open(tmp_path / "cat" / "damaged.jpg").convert("RGB")  # others still see a damaged file as such
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_an_image_spoiled_after_the_scan_is_a_dataset_error_and_pils_flag_stays(tmp_path, setting, monkeypatch):
+    from PIL import ImageFile
+
+    (tmp_path / "cat").mkdir()
+    _png(tmp_path / "cat" / "a.png", (9, 9, 9))
+    _png(tmp_path / "cat" / "b.png", (1, 2, 3))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", setting)
+    dataset = open_dataset(f"folder:{tmp_path}")
+    (tmp_path / "cat" / "b.png").write_bytes(b"not an image any more")  # after the scan found it readable
+    with pytest.raises(DatasetError, match=r"cannot read .*b.png .*open the dataset again"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "is damaged; using the part that decodes" comes first
+            dataset[1]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is setting  # put back even though the decode failed
+    assert dataset[0].image.getpixel((0, 0)) == (9, 9, 9)
 
 
 def test_folder_csv_labels_domains_boxes(tmp_path):

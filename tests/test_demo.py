@@ -17,10 +17,13 @@ def test_search_finds_the_planted_copy_of_the_query(capsys):
     assert all(float(row[2]) < 0.9 for row in rows[1:])
 
 
-def test_bad_input_exits_2_with_a_message(capsys):
-    assert search_command(["--box", "1,2,3"]) == 2
+def test_bad_input_exits_with_the_library_error_code_and_a_message(capsys):
+    from vfs.__main__ import main
+    from vfs.cli import LIBRARY_ERROR
+
+    assert main(["search", "--box", "1,2,3"]) == LIBRARY_ERROR
     assert "top,left,bottom,right" in capsys.readouterr().err
-    assert search_command(["--query", "nope"]) == 2
+    assert main(["search", "--query", "nope"]) == LIBRARY_ERROR
     assert "chelsea" in capsys.readouterr().err
-    assert search_command(["--box", "0,0,300,20"]) == 2  # chelsea is 300x451: a left strip is cropped away
+    assert main(["search", "--box", "0,0,300,20"]) == LIBRARY_ERROR  # chelsea is 300x451: a left strip is cropped away
     assert "outside the centre crop" in capsys.readouterr().err

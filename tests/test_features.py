@@ -42,6 +42,28 @@ def tiny_net() -> nn.Sequential:
     return nn.Sequential(first, Count(), second, Count())
 
 
+def test_extractors_sharing_a_module_across_threads_equal_one_call_at_a_time():
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 3, stride=2, padding=1))
+    extractors = {layer: FeatureExtractor(net, layer) for layer in ("1", "3", "4")}  # hooks on one module
+    images = torch.rand(12, 1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    tasks = [(layer, i) for layer in extractors for i in range(len(images))] * 3
+    alone = {task: extractors[task[0]](images[task[1]], preprocessed=True) for task in tasks}  # the oracle
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads all the time: a hook firing for another thread's pass shows
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda task: extractors[task[0]](images[task[1]], preprocessed=True), tasks))
+    finally:
+        sys.setswitchinterval(before)
+    for task, features in zip(tasks, together):
+        assert torch.equal(features, alone[task]), task
+
+
 def test_hook_returns_the_layer_output_and_later_layers_never_run():
     net = tiny_net()
     images = torch.randn(2, 3, 8, 6)
@@ -185,7 +207,11 @@ def test_layers_command_marks_suggested_layers(capsys):
     marked = [line.split()[1:3] for line in lines if line.startswith("*")]
     assert marked == [["blocks.3", "80x14x14"], ["blocks.5", "192x7x7"]]
     assert any(line.split()[:2] == ["conv_stem", "32x112x112"] for line in lines)
-    assert layers_command(["resnet5"]) == 2
+    assert any(line.endswith("(stage 6: 192x7x7, stride 32 at 224 px)") for line in lines if line.startswith("*"))
+    from vfs.__main__ import main
+    from vfs.cli import LIBRARY_ERROR
+
+    assert main(["layers", "resnet5"]) == LIBRARY_ERROR
     assert "Did you mean 'resnet50'" in capsys.readouterr().err
 
 

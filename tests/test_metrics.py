@@ -23,7 +23,7 @@ from vfs.analysis.metrics import (
     window_ious,
 )
 from vfs.analysis.statistics import clustered_auroc, estimate
-from vfs.errors import SearchError
+from vfs.errors import MaskError, SearchError
 
 
 def planted_source(per_label: int = 6, labels: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -342,20 +342,23 @@ def test_experiment_command_reports_what_the_metrics_compute(tiny_cache, tmp_pat
 
 
 def test_experiment_command_explains_missing_data(tiny_cache, capsys):
-    from vfs.analysis.experiment import experiment_command
+    from vfs.__main__ import main
+    from vfs.cli import LIBRARY_ERROR
 
-    assert experiment_command(["iou", str(tiny_cache)]) == 1
+    assert main(["experiment", "iou", str(tiny_cache)]) == LIBRARY_ERROR
     assert "no ground-truth boxes" in capsys.readouterr().err
-    assert experiment_command(["domains", str(tiny_cache)]) == 1
+    assert main(["experiment", "domains", str(tiny_cache)]) == LIBRARY_ERROR
     assert "no domains" in capsys.readouterr().err
 
 
-def test_query_weights_of_small_and_large_boxes():
-    from vfs.analysis.metrics import query_weights
+def test_box_weights_of_small_and_large_boxes():
+    from vfs.analysis.metrics import box_weights
 
     # 8x8 grid over 64x64 pixels: a box of 2x3 cells exactly, and one smaller than a cell
-    exact = query_weights((8, 8), box=(16.0, 24.0, 32.0, 48.0), image_size=(64, 64))
+    exact = box_weights((8, 8), box=(16.0, 24.0, 32.0, 48.0), image_size=(64, 64))
     assert exact.sum() == 6 and exact[2:4, 3:6].all()
-    small = query_weights((8, 8), box=(17.0, 17.0, 20.0, 20.0), image_size=(64, 64))
+    small = box_weights((8, 8), box=(17.0, 17.0, 20.0, 20.0), image_size=(64, 64))
     assert small.sum() == 1 and small[2, 2] == 1  # its best-covered cell, though under half covered
-    assert query_weights((8, 8)).sum() == 64
+    assert box_weights((8, 8)).sum() == 64
+    with pytest.raises(MaskError, match="outside the image"):  # from box_to_grid: nothing re-checked after it
+        box_weights((8, 8), box=(70.0, 70.0, 90.0, 90.0), image_size=(64, 64))

@@ -18,7 +18,7 @@ from torch import nn
 import vfs
 from vfs.errors import ModelError
 from vfs.models.features import layer_shapes
-from vfs.models.loading import SUGGESTED_LAYERS
+from vfs.models.loading import SUGGESTED_LAYERS, LayerInfo
 from vfs.models.preprocess import Preprocess
 
 
@@ -77,10 +77,20 @@ def test_efficientnet_lite0_rejects_a_file_that_does_not_line_up(tmp_path):
         vfs.load_model("efficientnet_lite0", weights=tmp_path / "other.pt")
 
 
-def test_suggested_layer_descriptions_match_the_shapes(lite0):
-    for layer, description in lite0.layers.items():
-        rows, cols, channels = map(int, description.split()[-1].split("x"))
-        assert layer_shapes(lite0.module, input_size=224, layers=[layer])[layer] == (channels, rows, cols)
+def check_suggested_layers(loaded: vfs.LoadedModel) -> None:
+    """Each suggested layer's declared channels, grid and stride are what a forward pass at the crop gives."""
+    crop = loaded.preprocess.crop
+    shapes = layer_shapes(loaded.module, input_size=crop, layers=list(loaded.layers))
+    for name, info in loaded.layers.items():
+        assert isinstance(info, LayerInfo) and info.name == name
+        assert shapes[name] == (info.channels, *info.grid), name
+        assert info.grid == (crop // info.reduction, crop // info.reduction), name
+
+
+def test_suggested_layers_of_the_default_model_match_a_forward_pass(lite0):
+    assert list(lite0.layers) == ["blocks.3", "blocks.5"]
+    check_suggested_layers(lite0)
+    assert str(lite0.layers["blocks.5"]) == "stage 6: 192x7x7, stride 32"
 
 
 @pytest.mark.slow
@@ -88,10 +98,7 @@ def test_suggested_layer_descriptions_match_the_shapes(lite0):
 def test_torchvision_suggested_layers_match_the_shapes(name):
     loaded = vfs.load_model(name, weights="random")
     assert loaded.layers == SUGGESTED_LAYERS[name] and loaded.weights_id == "random"
-    shapes = layer_shapes(loaded.module, input_size=loaded.preprocess.crop, layers=list(loaded.layers))
-    for layer, description in loaded.layers.items():
-        rows, cols, channels = map(int, description.split()[-1].split("x"))
-        assert shapes[layer] == (channels, rows, cols), layer
+    check_suggested_layers(loaded)
 
 
 def test_torchvision_weights_come_from_the_hub_cache_or_a_clear_error(tmp_path, monkeypatch):
@@ -151,6 +158,7 @@ def test_timm_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
     assert all(torch.equal(tensor, saved[key]) for key, tensor in loaded.module.state_dict().items())
     assert loaded.preprocess.crop == 160 and loaded.preprocess.size == 168  # floor(160 / 0.95)
     assert list(loaded.layers) == ["blocks.4", "blocks.5"]
+    check_suggested_layers(loaded)  # from timm's feature_info, at the model's 160 px
     with pytest.raises(ModelError, match="Did you mean 'test_vit'"):
         vfs.load_model("timm:test_vitt")
 

@@ -121,7 +121,7 @@ def test_nmf_negatives_clip_and_shift():
     clipped = factorize(features, k=2, negatives="clip")
     shifted = factorize(features, k=2, negatives="shift")
     assert clipped.negatives == "clip" and shifted.negatives == "shift"
-    # oracles: "clip" factorises max(x, 0) and "shift" factorises x - min(x); on non-negative input
+    # oracles: "clip" factorizes max(x, 0) and "shift" factorizes x - min(x); on non-negative input
     # both leave x as it is, so the same seed gives the same factors
     by_hand = {"clip": np.maximum(features, 0), "shift": features - features.min()}
     for result in (clipped, shifted):
@@ -134,7 +134,7 @@ def test_nmf_negatives_clip_and_shift():
         factorize(features, k=6)
 
 
-def test_render_factors_colours():
+def test_render_factors_colors():
     maps = np.zeros((1, 2, 2, 2), np.float32)
     maps[0, 0, 0, 0] = 3.0  # component 0 at full strength, alone
     maps[0, 1, 1, 1] = 1.0  # component 1 at full strength, alone

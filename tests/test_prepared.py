@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import zarr
 from vfs.errors import SearchError
 from vfs.retrieval.prepared import PreparedSource, prepare
 from vfs.retrieval.window import best_windows, search
+from vfs.source import as_tensor
 
 
 def random_features(shape, dtype=torch.float32) -> torch.Tensor:
@@ -39,6 +42,22 @@ def test_prepared_holds_the_same_values_channels_last_with_norms(kind, dtype):
     norms = (features.to(expected_dtype).double() ** 2).sum(dim=1)  # (N, H, W)
     torch.testing.assert_close(prepared.sq_norms.double(), norms, rtol=1e-5, atol=1e-6)
     assert prepare(prepared) is prepared
+
+
+def test_as_tensor_shares_memory_keeps_strides_and_checks_dims():
+    features = random_features((3, 4, 2, 5))
+    assert as_tensor(features).data_ptr() == features.data_ptr()
+    channels_last = features.contiguous(memory_format=torch.channels_last)
+    assert as_tensor(channels_last).stride() == channels_last.stride()
+    array = features.numpy().copy()
+    array.flags.writeable = False  # a read-only array (a zarr slice, a memory map) is only read: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shared = as_tensor(array, dims="(N, C, H, W)")
+    assert shared.data_ptr() == array.ctypes.data and torch.equal(shared, features)
+    assert torch.equal(as_tensor(zarr_of(features.numpy())[1:3]), features[1:3])
+    with pytest.raises(SearchError, match=r"query must be 3-D \(C, H, W\), got shape \(3, 4, 2, 5\): pass one"):
+        as_tensor(features, dims="(C, H, W)", name="query", hint="pass one image's features")
 
 
 def test_a_channels_last_source_is_wrapped_without_a_copy():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vfs.__main__ import main
 from vfs.analysis import metrics
-from vfs.analysis.experiment import experiment_command
 
 TINYNET = '''
 import torch
@@ -74,7 +74,7 @@ def world(tmp_path_factory):
 def run(world, monkeypatch, *argv) -> int:
     monkeypatch.chdir(world)
     monkeypatch.syspath_prepend(str(world))
-    return experiment_command([str(a) for a in argv])
+    return main(["experiment", *(str(a) for a in argv)])  # as `python -m vfs experiment` runs: errors exit 1
 
 
 def test_index_builds_with_a_module_from_the_command_line(world):

@@ -40,6 +40,7 @@ from vfs.errors import VFSError as VFSError
 _LAZY: dict[str, str] = {
     "Preprocess": "vfs.models.preprocess",
     "LoadedModel": "vfs.models.loading",
+    "LayerInfo": "vfs.models.loading",
     "load_model": "vfs.models.loading",
     "FeatureExtractor": "vfs.models.features",
     "list_layers": "vfs.models.features",
@@ -129,6 +130,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs (`x as x`: an explicit re-export
     from vfs.models.features import FeatureExtractor as FeatureExtractor
     from vfs.models.features import layer_shapes as layer_shapes
     from vfs.models.features import list_layers as list_layers
+    from vfs.models.loading import LayerInfo as LayerInfo
     from vfs.models.loading import LoadedModel as LoadedModel
     from vfs.models.loading import load_model as load_model
     from vfs.models.preprocess import Preprocess as Preprocess

@@ -14,14 +14,14 @@ pixel box (top, left, bottom, right) on the original photo.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from vfs.errors import VFSError, positive_int
+from vfs.errors import DatasetError, ModelError, positive_int
 
 
 def search_command(argv: list[str]) -> int:
     """`python -m vfs search`: a cache when the first argument names one (`vfs.retrieval.command`), else
-    the bundled photos: parse `argv`, run the search, print the matches; returns the exit code (2 on bad input)."""
+    the bundled photos: parse `argv`, run the search, print the matches; returns 0 (bad input raises a VFSError,
+    which `python -m vfs` prints and exits with `vfs.cli.LIBRARY_ERROR`)."""
     if argv and not argv[0].startswith("-"):
         from vfs.retrieval.command import search_command as cache_command
 
@@ -40,12 +40,7 @@ def search_command(argv: list[str]) -> int:
     parser.add_argument("--k", type=positive_int, default=5, help="how many matches to print (default 5)")
     parser.add_argument("--include-query", action="store_true", help="let the query photo itself be matched")
     parser.add_argument("--list", action="store_true", help="list the photo names and exit")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except VFSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return _run(parser.parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -63,8 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(names))
         return 0
     if args.query not in names:
-        print(f"error: no photo {args.query!r}; pick one of: {', '.join(names)}", file=sys.stderr)
-        return 2
+        raise DatasetError(f"no photo {args.query!r}; pick one of: {', '.join(names)}")
     query_index = names.index(args.query)
     query_image = items[query_index].image
     size = (query_image.height, query_image.width)
@@ -73,9 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     loaded = model_from_arguments(args)
     layer = args.layer or next(iter(loaded.layers), None)
     if layer is None:
-        print(f"error: {loaded.name} has no suggested layer: pass --layer (see python -m vfs layers {loaded.name})",
-              file=sys.stderr)
-        return 2
+        raise ModelError(f"{loaded.name} has no suggested layer: pass --layer (see python -m vfs layers {loaded.name})")
     box_to_grid(box, size, (loaded.preprocess.crop,) * 2, preprocess=loaded.preprocess)  # a bad box fails before the work
     print(f"{loaded.name} ({loaded.weights_id}), layer {layer}: extracting {len(items)} photos ...", flush=True)
     features = FeatureExtractor(loaded.module, layer, preprocess=loaded.preprocess)([item.image for item in items])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+NAMED = 10  # images an error names at most (the first ones): enough to see a pattern, short enough to read
+
 
 class VFSError(Exception):
     """Base class of every error raised on purpose by `vfs`."""

@@ -19,6 +19,8 @@ import numpy as np
 from vfs.errors import MaskError
 from vfs.models.preprocess import Preprocess, area_resample
 
+BINARIZE_SLACK = 1e-6  # a fully covered cell may sum to 0.9999999: it still reaches binarize=1
+NO_COVER = 1e-9  # a cell's coverage at or below this is rounding in the area resampling, not paint
 EMPTY = "mask is empty: paint over the region you want to search for"
 OUTSIDE = (
     "the mask lies entirely outside the centre crop the model sees: paint inside the middle "
@@ -44,7 +46,7 @@ def mask_to_grid(
     height, width = mask.shape
     region = preprocess.crop_box(height, width) if preprocess is not None else (0.0, 0.0, float(height), float(width))
     weights = area_resample(mask, region, _grid(grid))  # (h, w)
-    return _finish(weights, binarize, preprocess, (height, width), region)
+    return _checked_weights(weights, binarize, preprocess, (height, width), region)
 
 
 def box_to_grid(
@@ -66,7 +68,7 @@ def box_to_grid(
     row_cover = _cover(top, bottom, region[0], region[2], rows)  # (h,)
     col_cover = _cover(left, right, region[1], region[3], cols)  # (w,)
     weights = (row_cover[:, None] * col_cover[None, :]).astype(np.float32)  # (h, w)
-    return _finish(weights, binarize, preprocess, (height, width), region)
+    return _checked_weights(weights, binarize, preprocess, (height, width), region)
 
 
 def window_to_box(
@@ -119,11 +121,11 @@ def as_mask(mask: Any) -> np.ndarray:
     return mask.astype(np.float64)
 
 
-def _finish(weights: np.ndarray, binarize: float | None, preprocess: Preprocess | None,
+def _checked_weights(weights: np.ndarray, binarize: float | None, preprocess: Preprocess | None,
             image_size: tuple[int, int], region: tuple[float, float, float, float]) -> np.ndarray:
     """Check the weights are not all zero (else say why), then clip and optionally threshold them."""
     weights = np.clip(weights, 0.0, 1.0)
-    if weights.max() <= 1e-9:
+    if weights.max() <= NO_COVER:
         if preprocess is None:
             raise MaskError("the box lies outside the image: give (top, left, bottom, right) inside it")
         top, left, bottom, right = region
@@ -135,7 +137,7 @@ def _finish(weights: np.ndarray, binarize: float | None, preprocess: Preprocess 
         return weights.astype(np.float32)
     if not 0 < binarize <= 1:
         raise MaskError(f"binarize={binarize}: pass a threshold in (0, 1], or None to keep fractional weights")
-    binary = (weights >= binarize - 1e-6).astype(np.float32)  # tolerance: a fully covered cell may sum to 0.9999999
+    binary = (weights >= binarize - BINARIZE_SLACK).astype(np.float32)  # tolerance: a fully covered cell may sum to 0.9999999
     if not binary.any():
         raise MaskError(
             f"no feature cell is covered by at least {binarize:g} of the mask (the most is {weights.max():.2f}): "

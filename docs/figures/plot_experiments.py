@@ -28,7 +28,7 @@ def distributions(ax, record: dict, title: str) -> None:
     """Box per label and kind (same label / other labels): whiskers 5-95 %, box 25-75 %, line median."""
     q = record["quantiles"]
     at = {v: i for i, v in enumerate(q)}
-    stats, positions, colours = [], [], []
+    stats, positions, colors = [], [], []
     labels = list(record["distributions"])
     for i, label in enumerate(labels):
         for j, kind in enumerate(("same", "other")):
@@ -36,10 +36,10 @@ def distributions(ax, record: dict, title: str) -> None:
             stats.append({"med": values[at[0.5]], "q1": values[at[0.25]], "q3": values[at[0.75]],
                           "whislo": values[at[0.05]], "whishi": values[at[0.95]], "fliers": []})
             positions.append(i * 3 + j)
-            colours.append("#4a7fc1" if kind == "same" else "#d9893b")
+            colors.append("#4a7fc1" if kind == "same" else "#d9893b")
     boxes = ax.bxp(stats, positions=positions, widths=0.8, patch_artist=True, showfliers=False)
-    for patch, colour in zip(boxes["boxes"], colours):
-        patch.set_facecolor(colour)
+    for patch, color in zip(boxes["boxes"], colors):
+        patch.set_facecolor(color)
     auroc = {row["label"]: row["auroc"] for row in record["rows"]}
     ax.set_xticks([i * 3 + 0.5 for i in range(len(labels))])
     ax.set_xticklabels([f"{label}\nAUROC {auroc[label]:.2f}" for label in labels], rotation=45, ha="right",
@@ -52,9 +52,9 @@ def distributions(ax, record: dict, title: str) -> None:
 def histogram(ax, record: dict, title: str) -> None:
     edges = np.asarray(record["histogram"]["edges"])
     centres = (edges[:-1] + edges[1:]) / 2
-    for kind, colour in (("same", "#4a7fc1"), ("other", "#d9893b")):
+    for kind, color in (("same", "#4a7fc1"), ("other", "#d9893b")):
         counts = np.asarray(record["histogram"][kind], dtype=float)
-        ax.plot(centres, counts / counts.sum() / np.diff(edges), color=colour,
+        ax.plot(centres, counts / counts.sum() / np.diff(edges), color=color,
                 label="same label" if kind == "same" else "other labels")
     filled = np.flatnonzero(np.asarray(record["histogram"]["same"]) + np.asarray(record["histogram"]["other"]))
     ax.set_xlim(edges[filled[0]] - 0.05, min(1.0, edges[filled[-1] + 1] + 0.05))

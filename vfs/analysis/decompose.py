@@ -26,11 +26,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vfs.errors import NonFiniteError, SearchError
+from vfs.errors import NAMED, NonFiniteError, SearchError
 from vfs.retrieval.checks import check_count, check_indices
+from vfs.source import ZERO_NORM, as_tensor
 
 POOLINGS = ("avg", "max")
-_EPS = 1e-12  # a pooled vector shorter than this counts as zero
 
 
 class Decomposition(NamedTuple):
@@ -50,12 +50,9 @@ class RegionMatch:
     similarity: float  # cosine of the whole pooled embeddings (the score of the full map)
 
 
-def _as_tensor(features, ndim: int, what: str) -> torch.Tensor:
-    tensor = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
-    if tensor.ndim != ndim:
-        dims = "(C, H, W)" if ndim == 3 else "(N, C, H, W)"
-        raise SearchError(f"{what} must be {ndim}-D {dims}, got shape {tuple(tensor.shape)}")
-    return tensor.detach().to("cpu", torch.float64)
+def _as_float64(features, dims: str, name: str) -> torch.Tensor:
+    """Features as a float64 CPU tensor (the maps must sum to the score up to float64 rounding)."""
+    return as_tensor(features, dims=dims, name=name).to("cpu", torch.float64)
 
 
 def _check_pooling(pooling: str) -> None:
@@ -90,15 +87,15 @@ def decompose(features_a, features_b, *, pooling: str = "avg") -> Decomposition:
 
     Returns `(map_a (H, W), map_b (H', W'), score)`; each map sums to `score`.
     """
-    a = _as_tensor(features_a, 3, "features_a")
-    b = _as_tensor(features_b, 3, "features_b")
+    a = _as_float64(features_a, "(C, H, W)", "features_a")
+    b = _as_float64(features_b, "(C, H, W)", "features_b")
     if a.shape[0] != b.shape[0]:
         raise SearchError(
             f"features_a has {a.shape[0]} channels and features_b {b.shape[0]}: decompose two maps of the same layer"
         )
     beta_a, beta_b = pool(a, pooling=pooling), pool(b, pooling=pooling)  # (C,), (C,)
     norm = float(beta_a.norm() * beta_b.norm())
-    if norm < _EPS:
+    if norm < ZERO_NORM:
         return Decomposition(np.zeros(a.shape[1:]), np.zeros(b.shape[1:]), 0.0)
     map_a = torch.einsum("chw,c->hw", surrogate(a, pooling=pooling), beta_b) / norm  # (H, W)
     map_b = torch.einsum("chw,c->hw", surrogate(b, pooling=pooling), beta_a) / norm  # (H', W')
@@ -124,7 +121,7 @@ def rerank_region(
     region's pooled share `sum(weights * surrogate)` dotted with image i's pooled vector.
     Returns the `k` best, best first; `exclude` lists indices to leave out (e.g. the query).
     """
-    q = _as_tensor(query, 3, "query")
+    q = _as_float64(query, "(C, H, W)", "query")
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
     if tuple(w.shape) != tuple(q.shape[1:]):
         raise SearchError(
@@ -150,20 +147,20 @@ def rerank_region(
     region_scores = np.zeros(n)
     similarities = np.zeros(n)
     for start in range(0, n, block):
-        features = _as_tensor(source[start : start + block], 4, "source block")  # (b, C, H', W')
+        features = _as_float64(source[start : start + block], "(N, C, H, W)", "source block")  # (b, C, H', W')
         beta = pool(features, pooling=pooling)  # (b, C)
         norms = beta.norm(dim=1) * beta_q.norm()  # (b,)
-        safe = torch.where(norms < _EPS, torch.ones_like(norms), norms)  # (b,)
-        zero = norms < _EPS
+        safe = torch.where(norms < ZERO_NORM, torch.ones_like(norms), norms)  # (b,)
+        zero = norms < ZERO_NORM
         region_scores[start : start + len(beta)] = torch.where(zero, 0.0, beta @ region / safe).numpy()
         similarities[start : start + len(beta)] = torch.where(zero, 0.0, beta @ beta_q / safe).numpy()
     keep = np.ones(n, dtype=bool)
     keep[excluded] = False
     bad = np.flatnonzero(keep & ~np.isfinite(region_scores))
     if bad.size:
-        raise NonFiniteError(f"the features of image(s) {bad[:10].tolist()} hold NaN or inf, so they cannot be "
+        raise NonFiniteError(f"the features of image(s) {bad[:NAMED].tolist()} hold NaN or inf, so they cannot be "
                              f"ranked: rebuild the source from the images, or leave them out with "
-                             f"exclude={bad[:10].tolist()}")
+                             f"exclude={bad[:NAMED].tolist()}")
     candidates = np.flatnonzero(keep)
     order = candidates[np.argsort(-region_scores[candidates], kind="stable")][:k]
     return [RegionMatch(index=int(i), score=float(region_scores[i]), similarity=float(similarities[i])) for i in order]

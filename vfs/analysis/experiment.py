@@ -23,7 +23,6 @@ first ground-truth box). Every mean is printed as `mean ± standard error`; the 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,13 +234,9 @@ def experiment_command(argv: list[str]) -> int:
 
     args = _parser().parse_args(argv)
     args.argv = list(argv)
-    try:
-        if args.metric in PROTOCOLS:
-            return PROTOCOLS[args.metric].run(args)
-        result = METRICS[args.metric][0](args)
-    except VFSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if args.metric in PROTOCOLS:
+        return PROTOCOLS[args.metric].run(args)
+    result = METRICS[args.metric][0](args)
     print(format_table(result["rows"], result["columns"]))
     if "note" in result:
         print(result["note"])

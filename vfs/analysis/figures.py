@@ -34,6 +34,20 @@ def _value(row: dict, key: str) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _finish_figure(fig, ax, title: str, *, ylabel: str, xlabel: str | None = None, legend_size: int | None = None,
+            title_size: int = 9):
+    """The end of every one-panel figure: axis labels, a legend (font size `legend_size`, None: no legend),
+    the title (font size `title_size`), a tight layout. Returns `fig`."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend_size is not None:
+        ax.legend(fontsize=legend_size)
+    ax.set_title(title, fontsize=title_size)
+    fig.tight_layout()
+    return fig
+
+
 def plot_v1_fig6(result: dict, title: str):
     """Left: distinct classes in the top k per cache; right: images shared with the reference."""
     plt = _pyplot()
@@ -80,13 +94,9 @@ def plot_v1_fig8(result: dict, title: str):
             ax.text(x, 0.01, f"n={r['queries']}\nmiss={r['top1 misses']}", ha="center", va="bottom", fontsize=6)
     unit = "square pixels" if result.get("bin_by") == "area" else "sqrt(area / image area)"
     ax.set_xticks(range(len(bins)), bins)
-    ax.set_xlabel(f"query box ({unit})")
-    ax.set_ylabel("mean IoU of the top match (misses = 0)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish_figure(fig, ax, title, xlabel=f"query box ({unit})", ylabel="mean IoU of the top match (misses = 0)",
+                   legend_size=8)
 
 
 def plot_v2_fig2b(result: dict, title: str):
@@ -95,19 +105,14 @@ def plot_v2_fig2b(result: dict, title: str):
     k, rows = result["k"], result["rows"]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ranks = np.arange(1, k + 1)
-    colours = {}
+    colors = {}
     for row in rows:
-        colour = colours.setdefault(row["features"], f"C{len(colours)}")
+        color = colors.setdefault(row["features"], f"C{len(colors)}")
         ax.errorbar(ranks, [_value(row, f"score {r}") for r in ranks], yerr=[_se(row, f"score {r}") for r in ranks],
-                    color=colour, linestyle="-" if row["top k"] == "overall" else "--", marker="o", capsize=3,
+                    color=color, linestyle="-" if row["top k"] == "overall" else "--", marker="o", capsize=3,
                     label=f"{row['features']}, {row['top k']}")
     ax.set_xticks(ranks)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("cosine similarity")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish_figure(fig, ax, title, xlabel="rank", ylabel="cosine similarity", legend_size=7)
 
 
 def plot_v2_fig3(result: dict, title: str):
@@ -115,23 +120,20 @@ def plot_v2_fig3(result: dict, title: str):
     plt = _pyplot()
     quantiles = result["quantiles"]
     at = {q: i for i, q in enumerate(quantiles)}
-    stats, colours = [], []
+    stats, colors = [], []
     for kind, parts in result["distributions"].items():
-        for part, colour in (("same", "tab:blue"), ("other", "tab:orange")):
+        for part, color in (("same", "tab:blue"), ("other", "tab:orange")):
             values = parts[part]
             if values is None:
                 continue
             stats.append({"label": f"{kind}\n{part} label", "whislo": values[at[0.05]], "q1": values[at[0.25]],
                           "med": values[at[0.5]], "q3": values[at[0.75]], "whishi": values[at[0.95]], "fliers": []})
-            colours.append(colour)
+            colors.append(color)
     fig, ax = plt.subplots(figsize=(6, 3.8))
     boxes = ax.bxp(stats, patch_artist=True, showfliers=False)
-    for patch, colour in zip(boxes["boxes"], colours):
-        patch.set_facecolor(colour)
+    for patch, color in zip(boxes["boxes"], colors):
+        patch.set_facecolor(color)
         patch.set_alpha(0.6)
     aurocs = ", ".join(f"{row['query']}: AUROC {_value(row, 'AUROC'):.3f} ± {_se(row, 'AUROC'):.3f}"
                        for row in result["rows"])
-    ax.set_ylabel("best-window cosine to the query")
-    ax.set_title(f"{title}\n{aurocs}", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_figure(fig, ax, f"{title}\n{aurocs}", ylabel="best-window cosine to the query", title_size=8)

@@ -58,7 +58,7 @@ class Neighbours:
         )
 
 
-def query_weights(
+def box_weights(
     grid: tuple[int, int], *, box=None, image_size: tuple[int, int] | None = None, preprocess=None
 ) -> np.ndarray:
     """Weights `(H, W)` of a query: all ones for the whole image, else the cells the box covers at
@@ -67,9 +67,7 @@ def query_weights(
         return np.ones(grid, dtype=np.float32)
     if image_size is None:
         raise SearchError("a box query needs image_size=(height, width) of the original image")
-    coverage = np.asarray(box_to_grid(box, image_size, grid, preprocess=preprocess), dtype=np.float32)  # (H, W)
-    if not coverage.any():
-        raise SearchError(f"box {tuple(box)} lies outside the part of the image the model sees: use a box inside it")
+    coverage = box_to_grid(box, image_size, grid, preprocess=preprocess)  # (H, W) float32, a MaskError if all 0
     cut = min(0.5, float(coverage.max()))
     return (coverage >= cut).astype(np.float32)
 
@@ -82,14 +80,14 @@ def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) ->
     """One weight grid per query; `image_sizes` are those of the query source."""
     grid = tuple(source.shape[-2:])
     if boxes is None:
-        return [query_weights(grid)] * len(queries)
+        return [box_weights(grid)] * len(queries)
     if len(boxes) != len(queries) or image_sizes is None:
         raise SearchError(
             f"{len(boxes)} boxes for {len(queries)} queries: give one box per query and the image_sizes of the "
             "query source"
         )
     return [
-        query_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
+        box_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
         for q, box in zip(queries, boxes)
     ]
 

@@ -8,7 +8,7 @@ by the cosine similarity of its feature vector to the pointed one:
 
 Layers of different grid sizes stay synchronised by mapping the pointed cell through normalised
 image coordinates (`map_cell`). Two companions from the same article live here too: the
-non-negative matrix factorisation of the shown images' activations (`factorize`, `render_factors`)
+non-negative matrix factorization of the shown images' activations (`factorize`, `render_factors`)
 and, in `vfs.analysis.sensitivity`, how the pointed patch's similarity changes under rotation and scaling.
 
 Positions are `(row, col)` in feature cells throughout. A zero feature vector has cosine 0 with
@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from vfs.errors import SearchError
+from vfs.source import ZERO_NORM, as_tensor
 
-_EPS = 1e-12  # below this norm a feature vector counts as zero
-
-# One colour per NMF component (tab10's first colours, as RGB in [0, 1]).
+# One color per NMF component (tab10's first colors, as RGB in [0, 1]).
 PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.122, 0.467, 0.706),
     (1.000, 0.498, 0.055),
@@ -44,13 +43,8 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
 
 def _as_features(features) -> torch.Tensor:
     """Any array-like `(N, C, H, W)` as a float32 CPU tensor."""
-    tensor = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
-    if tensor.ndim != 4:
-        raise SearchError(
-            f"features must be 4-D (N, C, H, W), got shape {tuple(tensor.shape)}: "
-            "stack the images' feature maps along a first dimension"
-        )
-    return tensor.detach().to("cpu", torch.float32)
+    tensor = as_tensor(features, dims="(N, C, H, W)", hint="stack the images' feature maps along a first dimension")
+    return tensor.to("cpu", torch.float32)
 
 
 def _check_cell(features: torch.Tensor, image_index: int, row: int, col: int) -> None:
@@ -66,7 +60,7 @@ def _check_cell(features: torch.Tensor, image_index: int, row: int, col: int) ->
 def _unit(features: torch.Tensor) -> torch.Tensor:
     """Feature vectors scaled to unit length along C; zero vectors stay zero."""
     norms = features.norm(dim=1, keepdim=True)  # (N, 1, H, W)
-    return features / norms.clamp_min(_EPS)  # (N, C, H, W)
+    return features / norms.clamp_min(ZERO_NORM)  # (N, C, H, W)
 
 
 def similarity_grids(features, image_index: int, row: int, col: int) -> np.ndarray:
@@ -126,7 +120,7 @@ def layer_similarity_grids(
 
 @dataclass(frozen=True)
 class Factors:
-    """Non-negative factorisation of the activations of a handful of images."""
+    """Non-negative factorization of the activations of a handful of images."""
 
     maps: np.ndarray  # (N, K, H, W) float32 >= 0: how much of each component sits at each cell
     components: np.ndarray  # (K, C) float32 >= 0: each component's direction in feature space
@@ -135,7 +129,7 @@ class Factors:
 
 
 def factorize(features, *, k: int = 4, negatives: str = "clip", seed: int = 0, max_iter: int = 500) -> Factors:
-    """Non-negative matrix factorisation of the `(N*H*W, C)` matrix of feature vectors.
+    """Non-negative matrix factorization of the `(N*H*W, C)` matrix of feature vectors.
 
     NMF needs non-negative input. Post-ReLU layers already are; for layers without a final
     activation (EfficientNet block outputs are linear projections) `negatives` picks:
@@ -144,7 +138,7 @@ def factorize(features, *, k: int = 4, negatives: str = "clip", seed: int = 0, m
         that the components must absorb).
     Uses scikit-learn's `NMF` (init "nndsvda", seeded). Returns per-image component maps.
     """
-    from sklearn.decomposition import NMF  # sklearn loads only when factorising
+    from sklearn.decomposition import NMF  # sklearn loads only when factorizing
 
     features = _as_features(features)
     n, c, h, w = features.shape
@@ -171,15 +165,15 @@ def factorize(features, *, k: int = 4, negatives: str = "clip", seed: int = 0, m
 
 
 def render_factors(maps: np.ndarray, *, colors: list[tuple[float, float, float]] | None = None) -> np.ndarray:
-    """Colour rendering of component maps `(N, K, H, W)`: each component one colour, blended additively
+    """Color rendering of component maps `(N, K, H, W)`: each component one color, blended additively
     by its strength (each component scaled by its maximum over all images). Returns `(N, H, W, 3)` uint8."""
     maps = np.asarray(maps, dtype=np.float32)
     k = maps.shape[1]
     colors = list(colors) if colors is not None else [PALETTE[i % len(PALETTE)] for i in range(k)]
     if len(colors) < k:
-        raise SearchError(f"{len(colors)} colours for {k} components: give one colour per component")
+        raise SearchError(f"{len(colors)} colors for {k} components: give one color per component")
     peaks = maps.max(axis=(0, 2, 3), keepdims=True)  # (1, K, 1, 1)
-    strength = maps / np.maximum(peaks, _EPS)  # (N, K, H, W) in [0, 1]
+    strength = maps / np.maximum(peaks, ZERO_NORM)  # (N, K, H, W) in [0, 1]
     palette = np.asarray(colors[:k], dtype=np.float32)  # (K, 3)
     rgb = np.einsum("nkhw,kc->nhwc", strength, palette)  # (N, H, W, 3)
     return (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)

@@ -33,7 +33,7 @@ from vfs.analysis.tables import format_table, markdown_table, write_json
 from vfs.errors import VFSError
 
 
-def describe(cache) -> str:
+def features_name(cache) -> str:
     """A short name of a cache's features: model, layer."""
     return f"{cache.meta.model} {cache.meta.layer}"
 
@@ -49,7 +49,7 @@ def run_v1_fig6(args: argparse.Namespace) -> dict:
              for c, qs in zip(caches, sets)]
     k, rows = args.k, []
     for i, (cache, qs, nb) in enumerate(zip(caches, sets, found)):
-        row = {"features": describe(cache), "queries": len(qs.indices),
+        row = {"features": features_name(cache), "queries": len(qs.indices),
                **estimate(metrics.distinct_labels(nb, cache.labels)).columns(f"distinct@{k}"),
                **estimate(metrics.same_label_fraction(nb, cache.labels, qs.labels)).columns(f"precision@{k}")}
         if i > 0:
@@ -69,8 +69,8 @@ def run_v1_fig8(args: argparse.Namespace) -> dict:
             raise VFSError(f"{cache.where} has no ground-truth boxes: v1-fig8 needs a searched dataset with boxes")
         qs = queries_for(args, cache, position=i, need_boxes=True)
         result = iou_rows(cache, qs, k=args.k, bins=args.bins, bin_by=args.bin_by)
-        rows += [{"features": describe(cache), **row} for row in result["rows"]]
-        notes.append(f"{describe(cache)}: {result['note']}")
+        rows += [{"features": features_name(cache), **row} for row in result["rows"]]
+        notes.append(f"{features_name(cache)}: {result['note']}")
     columns = ["features", *[c for c in result["columns"]]]
     return {"rows": rows, "columns": columns, "note": "\n".join(notes), "k": args.k, "bin_by": args.bin_by}
 
@@ -88,7 +88,7 @@ def run_v2_fig2b(args: argparse.Namespace) -> dict:
         for kind, nb in (("overall", metrics.neighbours(cache, qs.indices, k=k, **options)),
                          ("distinct domains", metrics.domain_neighbours(cache, qs.indices, cache.domains, k=k,
                                                                         **options))):
-            row = {"features": describe(cache), "top k": kind, "queries": len(qs.indices)}
+            row = {"features": features_name(cache), "top k": kind, "queries": len(qs.indices)}
             for rank in range(k):
                 row |= estimate(nb.scores[:, rank]).columns(f"score {rank + 1}")
             row |= estimate(metrics.same_label_fraction(nb, cache.labels, qs.labels)).columns(f"precision@{k}")
@@ -125,7 +125,7 @@ def run_v2_fig3(args: argparse.Namespace) -> dict:
     return {"rows": rows, "columns": ["query", "queries", "AUROC", "pooled AUROC", "mean same - other",
                                       "median same", "median other"],
             "quantiles": list(QUANTILES), "distributions": distributions,
-            "note": f"{describe(cache)}; queries from {qs.name}; AUROC per query, then mean ± se over "
+            "note": f"{features_name(cache)}; queries from {qs.name}; AUROC per query, then mean ± se over "
                     "queries; pooled AUROC over every (query, image) pair, se with each query a cluster (Obuchowski 1997)"}
 
 

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vfs.errors import SearchError
 
@@ -40,7 +41,7 @@ class Estimate:
         return {name: self.mean, f"{name} se": self.se, f"{name} ci95": [self.low, self.high]}
 
 
-def estimate(values) -> Estimate:
+def estimate(values: ArrayLike) -> Estimate:
     """The mean of `values` (NaN left out) with standard error and 95 % interval."""
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[~np.isnan(values)]
@@ -59,7 +60,7 @@ def _t975(dof: int) -> float:
     """The 0.975 quantile of Student's t with `dof` degrees of freedom."""
     from scipy.stats import t
 
-    return float(t.ppf(0.975, dof))
+    return float(t.ppf(0.975, dof))  # two-sided 95 %: 2.5 % in each tail
 
 
 def clustered_auroc(scores, positives) -> Estimate:

@@ -10,14 +10,13 @@ given. Used for benchmarks at a scale no model run here could reach, and for tes
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from vfs.cache.build import _finish, _open_or_create, _versions
-from vfs.cache.format import SCHEMA, SHARD, SHARDED, CacheMeta, block_key, stored_size
+from vfs.cache.format import SCHEMA, SHARD, SHARDED, CacheMeta, block_key, stored_size, timestamp
 from vfs.cache.shard_file import write_shard
 
 
@@ -28,7 +27,7 @@ def write_cache(blocks: Iterable[np.ndarray], out: str | Path, *, count: int, gr
 
     Every block but the last must hold exactly `shard_size` images. `labels` (count,) int64, or -1.
     """
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = timestamp()
     meta = CacheMeta(
         schema=SCHEMA, model=name, weights_id=name, layer=name,
         preprocess={"size": 1, "crop": 1, "mean": [0.0] * 3, "std": [1.0] * 3},  # no pixels: each image is 1x1

@@ -28,7 +28,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +51,12 @@ from vfs.cache.format import (
     compressors,
     digest,
     thumbnail_size,
+    timestamp,
 )
 from vfs.cache.progress import Progress, Reporter
 from vfs.cache.shard_file import write_shard
 from vfs.datasets import ImageDataset, ImageItem, open_dataset
-from vfs.errors import CacheMismatchError, DatasetError, NonFiniteError, OptionError
+from vfs.errors import NAMED, CacheMismatchError, DatasetError, NonFiniteError, OptionError
 
 if TYPE_CHECKING:
     from vfs.models.loading import LoadedModel
@@ -112,14 +112,14 @@ def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | st
         dtype=dtype, count=len(data), shard_size=shard_size, batch_size=batch_size, codec=codec, checksum=checksum,
         thumbnail=thumbnail, dataset=data.name, dataset_fingerprint=data.fingerprint(),
         label_names=tuple(data.label_names), arrays=arrays, versions=_versions(),
-        created=_now(), finished=None, status="building", model_args=loaded.loads_with)
+        created=timestamp(), finished=None, status="building", model_args=loaded.loads_with)
     with build_lock(out), zarr.config.set({"array.write_empty_chunks": True}):
         group, meta = _open_or_create(out, meta, overwrite=overwrite)
         if meta.status == "complete":
             return out
         done = group["progress"][:].any(axis=1)  # (blocks,)
         todo = [block for block in range(meta.blocks) if not done[block]]
-        reporter = Reporter(progress, total=meta.count, done=meta.count - _images_in(meta, todo), name=out.name)
+        reporter = Reporter(progress, total=meta.count, done=meta.count - meta.images_in(todo), name=out.name)
         try:
             if scheduler is not None:
                 from vfs.cache.cluster_build import BuildJob, build_on_cluster
@@ -170,7 +170,7 @@ def _finish(group: zarr.Group, meta: CacheMeta) -> None:
     for block, column in zip(*np.nonzero(digests < 0)):
         data = block_file(group.store, block_key(group[meta.arrays[column]], int(block)))
         digests[block, column] = -1 if data is None else digest(data)
-    finished = replace(meta, status="complete", finished=_now())
+    finished = replace(meta, status="complete", finished=timestamp())
     group.attrs.update({"vfs_cache": finished.to_attrs(),
                         "block_nbytes": {name: nbytes[:, i].tolist() for i, name in enumerate(meta.arrays)},
                         "block_xxh3": {name: digests[:, i].tolist() for i, name in enumerate(meta.arrays)}})
@@ -267,7 +267,7 @@ def block_inputs(data: ImageDataset, meta: CacheMeta, preprocess: Any, block: in
                  stop: threading.Event | None = None,
                  pin: bool = False) -> tuple[list[ImageItem], list[torch.Tensor], np.ndarray] | None:
     """(items, batches of model input, thumbnails) of block `block`; None when `stop` is set midway."""
-    start, end = block * meta.shard_size, min(meta.count, (block + 1) * meta.shard_size)
+    start, end = meta.span(block)
     items, images = [], []
     for first in range(start, end, batch_size):  # batches never cross a block
         batch = [data[i] for i in range(first, min(end, first + batch_size))]
@@ -299,14 +299,14 @@ def check_storable(features: torch.Tensor, dtype: str, *, first: int) -> None:
     flat = features.reshape(len(features), -1)  # (B, C*H*W)
     finite = torch.isfinite(flat).all(dim=1)  # (B,)
     if not bool(finite.all()):
-        bad = [first + int(i) for i in torch.nonzero(~finite).ravel()[:10]]
+        bad = [first + int(i) for i in torch.nonzero(~finite).ravel()[:NAMED]]
         raise NonFiniteError(f"the model gives NaN or inf features for image(s) {bad}: they could never be "
                              "searched; check those images and the model (its weights, its input size), or "
                              "pick another layer")
     if dtype == "float16":
         peak = flat.abs().amax(dim=1)  # (B,)
         if bool((peak > FLOAT16_MAX).any()):
-            bad = [first + int(i) for i in torch.nonzero(peak > FLOAT16_MAX).ravel()[:10]]
+            bad = [first + int(i) for i in torch.nonzero(peak > FLOAT16_MAX).ravel()[:NAMED]]
             raise NonFiniteError(f"features of image(s) {bad} reach {float(peak.max()):,.0f}, above 65,504, the "
                                  "largest float16: a float16 cache would store inf and rank them wrongly; build "
                                  "with --dtype float32 (dtype='float32')")
@@ -350,10 +350,6 @@ def _boxes_json(boxes: np.ndarray | None) -> str:
     return "" if boxes is None else str(np.asarray(boxes, dtype=float).reshape(-1, 4).tolist())
 
 
-def _images_in(meta: CacheMeta, blocks: list[int]) -> int:
-    return sum(min(meta.count, (b + 1) * meta.shard_size) - b * meta.shard_size for b in blocks)
-
-
 def _fields(preprocess: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -369,5 +365,3 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "numcodecs": numcodecs.__version__}
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

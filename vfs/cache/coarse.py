@@ -27,7 +27,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 import zarr
 
-from vfs.cache.format import block_key, compressors, stored_size
+from vfs.cache.format import block_count, block_key, compressors, stored_size, timestamp
 from vfs.cache.reader import BlockReader, FeatureCache, open_cache
 from vfs.errors import CacheError, CacheIncompleteError, CacheMismatchError
 
@@ -62,10 +61,6 @@ class CoarseMeta:
     finished: str | None        # ISO time the build finished, None while building
     status: str                 # "building" or "complete"
 
-    @property
-    def blocks(self) -> int:
-        return -(-self.count // self.shard_size)
-
     def to_attrs(self) -> dict[str, Any]:
         return json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)}))
 
@@ -76,9 +71,14 @@ class CoarseMeta:
         return cls(**values)
 
     @property
+    def blocks(self) -> int:
+        """Number of blocks of `shard_size` images (the cache's blocks)."""
+        return block_count(self.count, self.shard_size)
+
+    @property
     def nbytes(self) -> int:
         """Bytes the codes take in RAM (the cache's sq_norms, 4 bytes per cell, come on top)."""
-        return self.count * self.grid[0] * self.grid[1] * self.dims * 2
+        return self.count * self.grid[0] * self.grid[1] * self.dims * 2  # float16 codes: 2 bytes each
 
 
 def cache_fingerprint(cache: FeatureCache) -> str:
@@ -201,7 +201,7 @@ def build_coarse_index(path: str | Path, *, dims: int | None = None, sample: int
     nbytes = group["progress"][:]  # (blocks,)
     if not nbytes.all():
         raise RuntimeError(f"internal: coarse blocks {np.flatnonzero(nbytes == 0).tolist()} are not written")
-    finished = replace(meta, status="complete", finished=_now())
+    finished = replace(meta, status="complete", finished=timestamp())
     group.attrs.update({"vfs_coarse": finished.to_attrs(), "block_nbytes": nbytes.tolist()})
     return folder
 
@@ -244,7 +244,7 @@ def _open_or_create(folder: Path, cache: FeatureCache, *, dims: int, sample: int
     basis, energy = fit_basis(cache, dims=dims, sample=sample)
     meta = CoarseMeta(schema=SCHEMA, cache=fingerprint, dims=dims, count=count, grid=(height, width),
                       channels=channels, shard_size=cache.meta.shard_size, sample=sample, energy=energy,
-                      created=_now(), finished=None, status="building")
+                      created=timestamp(), finished=None, status="building")
     group = zarr.open_group(folder, mode="w")
     group.create_array("basis", data=basis, chunks=basis.shape, compressors=compressors("none", dtype=basis.dtype))
     rows = meta.shard_size
@@ -266,8 +266,6 @@ def _reporter(progress: Progress, *, name: str) -> Callable[[float, str], None]:
     return show
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def index_coarse_command(argv: list[str]) -> int:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,16 @@ def compressors(codec: str, *, dtype: np.dtype, checksum: bool = True) -> list[A
     return chosen + ([Crc32cCodec()] if checksum else [])
 
 
+def timestamp() -> str:
+    """Now, as the metadata records times (`created`, `finished`): ISO 8601 in UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def block_count(count: int, shard_size: int) -> int:
+    """How many blocks of `shard_size` images hold `count` images (the last block may be short)."""
+    return -(-count // shard_size)
+
+
 @dataclass(frozen=True)
 class CacheMeta:
     schema: int                    # layout version (SCHEMA)
@@ -97,7 +109,16 @@ class CacheMeta:
     @property
     def blocks(self) -> int:
         """Number of blocks of `shard_size` images (the last may be short)."""
-        return -(-self.count // self.shard_size)
+        return block_count(self.count, self.shard_size)
+
+    def span(self, block: int) -> tuple[int, int]:
+        """(start, stop): the images of block `block`, `stop` exclusive (the last block may be short)."""
+        start = block * self.shard_size
+        return start, min(self.count, start + self.shard_size)
+
+    def images_in(self, blocks: Iterable[int]) -> int:
+        """How many images the blocks `blocks` hold together."""
+        return sum(stop - start for start, stop in map(self.span, blocks))
 
     def identity(self) -> dict[str, Any]:
         """What must match for two builds to be the same cache (everything but times and versions)."""
@@ -172,7 +193,7 @@ def block_file(store: Store, key: str) -> bytes | None:
 def digest(data: bytes) -> int:
     """63-bit xxh3 hash of a whole block file (never -1, "unknown"): at its position in the "block_xxh3"
     table, it binds the file to its place."""
-    return xxhash.xxh3_64_intdigest(data) & (2**63 - 1)
+    return xxhash.xxh3_64_intdigest(data) & (2**63 - 1)  # 63 bits: a non-negative int64 in the table
 
 
 def stored_size(store: Store, key: str) -> int | None:

@@ -44,6 +44,7 @@ METADATA_ERRORS = (ValueError, KeyError, TypeError)  # JSONDecodeError, zarr's N
 if TYPE_CHECKING:
     from vfs.models.loading import LoadedModel
 
+ASSUMED_MEMORY = 4 << 30  # bytes of free RAM assumed where /proc/meminfo cannot be read
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 
 
@@ -363,7 +364,7 @@ def _images_done(group: zarr.Group, meta: CacheMeta) -> int:
     if "progress" not in group:  # killed before its arrays were all created: nothing done
         return 0
     done = group["progress"][:].any(axis=1)  # (blocks,)
-    return sum(min(meta.count, (b + 1) * meta.shard_size) - b * meta.shard_size for b in np.flatnonzero(done))
+    return meta.images_in(np.flatnonzero(done).tolist())
 
 
 def _check_model(meta: CacheMeta, where: str, *, model: Any, layer: str | None) -> None:
@@ -386,10 +387,10 @@ def _available_memory() -> int:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024  # the file counts kB
     except OSError:
         pass
-    return 4 << 30
+    return ASSUMED_MEMORY
 
 
 def _local(store: Store) -> bool:

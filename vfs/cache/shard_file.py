@@ -25,6 +25,8 @@ from zarr.storage import LocalStore
 from vfs.cache.durable import durable_write
 
 EMPTY = 2**64 - 1  # offset and length of a chunk the shard does not hold
+INDEX_ENTRY = 16  # bytes per chunk in a shard's index: offset and length, two uint64
+INDEX_CHECKSUM = 4  # the index's own crc32c at its end
 
 
 def local_layout(array: zarr.Array) -> tuple[Path, bool, bool] | None:
@@ -51,7 +53,7 @@ def local_layout(array: zarr.Array) -> tuple[Path, bool, bool] | None:
 def read_shard(data: bytes, *, rows: int, per_shard: int, row_shape: tuple[int, ...], dtype: np.dtype,
                compressed: bool, checksum: bool = True) -> np.ndarray:
     """The first `rows` images (one chunk each) of a shard file's bytes -> (rows, *row_shape) array."""
-    index_size = per_shard * 16 + 4
+    index_size = per_shard * INDEX_ENTRY + INDEX_CHECKSUM
     if len(data) < index_size:
         raise ValueError(f"the file has {len(data)} bytes, less than its {index_size}-byte index")
     index_bytes = data[-index_size:-4]
@@ -123,7 +125,7 @@ def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
 
 def read_index(file, *, per_shard: int) -> np.ndarray:
     """The (offset, length) of every chunk of an open shard file, its checksum verified: (per_shard, 2) uint64."""
-    index_size = per_shard * 16 + 4
+    index_size = per_shard * INDEX_ENTRY + INDEX_CHECKSUM
     size = os.fstat(file.fileno()).st_size
     if size < index_size:
         raise ValueError(f"the file has {size} bytes, less than its {index_size}-byte index")

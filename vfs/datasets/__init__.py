@@ -215,7 +215,11 @@ class FolderDataset(ImageDataset):
                 rgb = image.convert("RGB")
         except OSError:  # a body damaged past a good header: keep what decodes, say so
             warnings.warn(f"{self.root / rel} is damaged; using the part that decodes", stacklevel=2)
-            rgb = _decode_truncated(self.root / rel)
+            try:
+                rgb = _decode_truncated(self.root / rel)
+            except OSError as error:  # not even its header reads now: changed since the folder was scanned
+                raise DatasetError(f"cannot read {self.root / rel} ({error}): it was readable when the dataset was "
+                                   "opened; restore the file, or open the dataset again to skip it") from error
         box_array = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         return ImageItem(rgb, label, rel, domain, box_array)
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -67,7 +69,7 @@ def _module_options(args: argparse.Namespace, *, named: bool) -> tuple[str, ...]
     return tuple(options)
 
 
-def load_factory(spec: str):
+def load_factory(spec: str) -> Callable[..., Any]:
     """The callable named by `pkg.module:factory` (imported from the current folder or the path)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ def _unusable(device: str | torch.device, why: str) -> DeviceError:
                        "pass one of those (or None for the default)")
 
 
-def mixed_precision(device: torch.device, *, enabled: bool = True) -> contextlib.AbstractContextManager:
+def mixed_precision(device: torch.device, *, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
     """float16 autocast on a CUDA device (matmuls and convolutions in float16, reductions in float32)."""
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)

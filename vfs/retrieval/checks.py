@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vfs.errors import MaskError, NonFiniteError, SearchError
+from vfs.errors import NAMED, MaskError, NonFiniteError, SearchError
 from vfs.retrieval.kernels import is_channels_last
 from vfs.source import Indices, Source
 
@@ -102,6 +102,6 @@ def check_finite(indices: np.ndarray, features: torch.Tensor, norms: torch.Tenso
         bad &= ~np.isin(indices, ignore)
     if bad.any():
         raise NonFiniteError(
-            f"the features of image(s) {indices[bad][:10].tolist()} hold NaN or inf, so they cannot be "
+            f"the features of image(s) {indices[bad][:NAMED].tolist()} hold NaN or inf, so they cannot be "
             "ranked: rebuild the source from the images (a cache build refuses non-finite features), or "
-            f"leave them out with exclude={indices[bad][:10].tolist()}")
+            f"leave them out with exclude={indices[bad][:NAMED].tolist()}")

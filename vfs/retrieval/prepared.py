@@ -22,13 +22,13 @@ Nothing else may view that memory while it is rearranged.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from vfs.errors import SearchError
+from vfs.source import as_tensor
 
 BLOCK_BYTES = 64 << 20  # bytes of features rearranged at a time: the only transient memory
 KEPT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # other float dtypes become float32
@@ -97,6 +97,7 @@ def prepare(source: Any, *, in_place: bool = False, block: int | None = None) ->
     count, channels, height, width = (int(x) for x in shape)
     if block is None:
         block = max(1, BLOCK_BYTES // max(1, channels * height * width * 4))
+    stored: torch.Tensor | None
     if in_place:
         stored = _rearrange_in_place(source, block)  # (N, H, W, C), the caller's memory
     else:
@@ -107,14 +108,15 @@ def prepare(source: Any, *, in_place: bool = False, block: int | None = None) ->
     for start in range(0, count, block):
         stop = min(count, start + block)
         if copy:
-            part = _as_tensor(source[start:stop])  # (n, C, H, W), on the source's device
+            part = as_tensor(source[start:stop])  # (n, C, H, W), on the source's device
             if stored is None:
                 stored = torch.empty(count, height, width, channels, dtype=_kept_dtype(part.dtype),
                                      device=part.device)
             stored[start:stop] = part.permute(0, 2, 3, 1)  # (n, H, W, C), converted if needed
+        assert stored is not None  # internal: laid out, rearranged, or allocated from the first block above
         if fill_norms and sq_norms is None:
             sq_norms = torch.empty(count, height, width, device=stored.device)  # (N, H, W)
-        if fill_norms:
+        if fill_norms and sq_norms is not None:
             values = stored[start:stop].float()  # (n, H, W, C)
             sq_norms[start:stop] = (values * values).sum(dim=3)  # (n, H, W)
     if stored is None:  # an empty source
@@ -166,7 +168,7 @@ def _laid_out(source: Any) -> torch.Tensor | None:
         whole = source[0:len(source)]
     else:
         return None
-    tensor = _as_tensor(whole)  # (N, C, H, W)
+    tensor = as_tensor(whole)  # (N, C, H, W)
     if tensor.dtype in KEPT_DTYPES and _is_channels_last(tensor):
         return tensor.permute(0, 2, 3, 1)  # (N, H, W, C), shares memory
     return None
@@ -180,7 +182,7 @@ def _given_norms(source: Any, shape: tuple[int, int, int]) -> torch.Tensor | Non
     if tuple(norms.shape) != shape:
         raise SearchError(f"source.sq_norms has shape {tuple(norms.shape)}, expected {shape}: "
                           "rebuild the cache's squared norms")
-    return _as_tensor(norms[:]).to(torch.float32)  # (N, H, W)
+    return as_tensor(norms[:]).to(torch.float32)  # (N, H, W)
 
 
 def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -192,13 +194,3 @@ def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _is_channels_last(tensor: torch.Tensor) -> bool:
     return tensor.permute(0, 2, 3, 1).is_contiguous()
-
-
-def _as_tensor(values: Any) -> torch.Tensor:
-    """A sliced block (tensor, numpy, zarr, dask result) as a CPU-or-device tensor, strides kept."""
-    if isinstance(values, torch.Tensor):
-        return values.detach()
-    values = np.asarray(values)
-    with warnings.catch_warnings():  # a read-only array is only ever read here (in_place checks writeable)
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(values)

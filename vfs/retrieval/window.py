@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from vfs.retrieval.checks import (
 )
 from vfs.retrieval.kernels import WindowPlan, fused_applies, is_channels_last, make_plan, score_block
 from vfs.retrieval.prepared import PreparedSource
-from vfs.source import Array, Device, Indices, Source
+from vfs.source import Array, Device, Indices, Source, as_tensor
 
 READ_BYTES = 64 << 20  # default bytes of features read from the source at a time
 CUDA_READ_BYTES = 2 << 30  # on a GPU: fewer, larger blocks (each costs kernel launches and a copy back)
@@ -304,13 +303,3 @@ def read(source: Source, indices: np.ndarray) -> torch.Tensor:
         return values if last - first == len(indices) else values[torch.from_numpy(indices - first)]
     runs = np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)
     return torch.cat([as_tensor(source[int(run[0]):int(run[-1]) + 1]) for run in runs])
-
-
-def as_tensor(values: Any) -> torch.Tensor:
-    """A tensor sharing memory with a sliced block (numpy array or tensor), strides kept."""
-    if isinstance(values, torch.Tensor):
-        return values
-    values = np.asarray(values)
-    if not values.flags.writeable:
-        values = values.copy()
-    return torch.from_numpy(values)
