@@ -63,7 +63,7 @@ def _t975(dof: int) -> float:
     return float(t.ppf(0.975, dof))  # two-sided 95 %: 2.5 % in each tail
 
 
-def clustered_auroc(scores, positives) -> Estimate:
+def clustered_auroc(scores: ArrayLike, positives: ArrayLike) -> Estimate:
     """The AUROC of `scores` predicting `positives` over all (query, image) pairs pooled, each row of
     the (Q, N) arrays one query (a cluster; NaN scores left out), with Obuchowski's clustered standard
     error and a normal 95 % interval clipped to [0, 1]. Ties count one half (Mann-Whitney).
