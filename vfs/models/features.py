@@ -20,6 +20,8 @@ import argparse
 import difflib
 import math
 import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,10 @@ from vfs.models.devices import mixed_precision, resolve_device
 from vfs.models.preprocess import Preprocess
 
 MAX_PREFIX_TOKENS = 16  # class, distillation and register tokens a ViT may put before its patch tokens
+# one layer's record in `_record_shapes`: (raw output shape without the batch dim, or the output's type name when it
+# holds no tensor; its (C, H, W) grid, or None when it is no feature grid)
+_Recorded = tuple[tuple[int, ...] | str, tuple[int, ...] | None]
+_Hook = Callable[[nn.Module, tuple[Any, ...], object], None]  # a forward hook: (module, inputs, output) -> None
 
 
 class _Captured(Exception):
@@ -66,7 +72,7 @@ class FeatureExtractor:
         device: str | torch.device | None = None,
         batch_size: int = 32,
         mixed_precision: bool | None = None,
-    ):
+    ) -> None:
         self.module = module
         self.layer = layer
         self.preprocess = preprocess  # None: only model input (preprocessed float tensors) is accepted
@@ -79,7 +85,7 @@ class FeatureExtractor:
         # float16 autocast on CUDA (features differ from float32 in rounding, as a float16 cache does)
         self.mixed_precision = self.device.type == "cuda" if mixed_precision is None else mixed_precision
 
-    def __call__(self, images, *, preprocessed: bool = False) -> torch.Tensor:
+    def __call__(self, images: Any, *, preprocessed: bool = False) -> torch.Tensor:
         """Images -> (N, C, H, W) float32 features on the CPU.
 
         With `preprocess=`, every input is an image and goes through it: PIL images, uint8 arrays, and
@@ -102,7 +108,7 @@ class FeatureExtractor:
         grid = to_grid(output, pixels.shape[-2:], module=self.module, layer=self.layer)  # (B, C, h, w)
         return grid.float().cpu().contiguous()
 
-    def _pixels(self, images, *, preprocessed: bool) -> torch.Tensor:
+    def _pixels(self, images: Any, *, preprocessed: bool) -> torch.Tensor:
         """One batch -> (B, 3, H, W) model input."""
         is_float = isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim in (3, 4)
         if is_float and (preprocessed or self.preprocess is None):
@@ -122,10 +128,10 @@ class FeatureExtractor:
 
 def run_to_layer(module: nn.Module, target: nn.Module, pixels: torch.Tensor, *, layer: str = "") -> torch.Tensor:
     """`target`'s output (its first tensor) the first time it runs on `pixels`; the rest never runs."""
-    captured: list = []
+    captured: list[object] = []
     caller = threading.get_ident()
 
-    def hook(_module, _inputs, output):
+    def hook(_module: nn.Module, _inputs: tuple[Any, ...], output: object) -> None:
         if threading.get_ident() != caller:  # another thread's pass through a shared module (the app's handlers)
             return
         captured.append(output)
@@ -144,7 +150,7 @@ def run_to_layer(module: nn.Module, target: nn.Module, pixels: torch.Tensor, *, 
     return _first_tensor(captured[0], layer)
 
 
-def to_grid(output: torch.Tensor, input_hw, *, module: nn.Module | None = None, layer: str = "") -> torch.Tensor:
+def to_grid(output: torch.Tensor, input_hw: Sequence[int], *, module: nn.Module | None = None, layer: str = "") -> torch.Tensor:
     """A layer output -> (B, C, h, w), given the model input's (H, W) (see the module docstring)."""
     height, width = int(input_hw[0]), int(input_hw[1])
     if output.ndim == 4:
@@ -167,7 +173,7 @@ def to_grid(output: torch.Tensor, input_hw, *, module: nn.Module | None = None, 
     raise LayerError(f"layer {layer!r} outputs shape {tuple(output.shape)}, which is not a feature grid: pick another layer")
 
 
-def _fits(grid, height: int, width: int) -> bool:
+def _fits(grid: Sequence[int], height: int, width: int) -> bool:
     """Whether (h, w) is (height, width) divided by one common stride, up to rounding."""
     rows, cols = int(grid[0]), int(grid[1])
     if not (1 <= rows <= height and 1 <= cols <= width):
@@ -201,7 +207,7 @@ def _infer_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
     return None
 
 
-def _first_tensor(output, layer: str) -> torch.Tensor:
+def _first_tensor(output: object, layer: str) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
     values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
@@ -211,7 +217,7 @@ def _first_tensor(output, layer: str) -> torch.Tensor:
     raise LayerError(f"layer {layer!r} outputs {type(output).__name__} holding no tensor: pick another layer")
 
 
-def _chunks(images, size: int) -> list:
+def _chunks(images: Any, size: int) -> list[Any]:
     """Split a batch (list, array or tensor) into pieces of at most `size` images."""
     if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:  # (B, 3, H, W) or (B, H, W, 3)
         return [images[start : start + size] for start in range(0, len(images), size)]
@@ -236,15 +242,15 @@ def layer_shapes(
     return shapes
 
 
-def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None) -> dict[str, tuple]:
+def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None) -> dict[str, _Recorded]:
     """Layer name -> (raw output shape without the batch dim, grid (C, H, W) or None), first call each."""
     names = layers if layers is not None else list_layers(module)
     targets = {name: get_layer(module, name) for name in names}
-    found: dict[str, tuple] = {}
+    found: dict[str, _Recorded] = {}
     caller = threading.get_ident()
 
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
+    def make_hook(name: str) -> _Hook:
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], output: object) -> None:
             if name in found or threading.get_ident() != caller:  # not another thread's pass, at another size
                 return
             try:
@@ -252,6 +258,7 @@ def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None)
             except LayerError:
                 found[name] = (type(output).__name__, None)
                 return
+            grid: tuple[int, ...] | None
             try:
                 grid = tuple(to_grid(tensor, (input_size, input_size), module=module, layer=name).shape[1:])
             except LayerError:
