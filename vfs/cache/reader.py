@@ -23,7 +23,7 @@ import json
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import zarr
@@ -74,7 +74,7 @@ def open_cache(path: str | Path | Store, *, model: LoadedModel | str | None = No
         store = path
     try:
         group = zarr.open_group(store, mode="r")
-        attrs = group.attrs.get("vfs_cache")
+        attrs = cast("dict[str, Any] | None", group.attrs.get("vfs_cache"))  # the build's JSON, as CacheMeta writes it
         meta = None if attrs is None or attrs.get("schema") != SCHEMA else CacheMeta.from_attrs(attrs)
     except METADATA_ERRORS as error:
         raise _bad_metadata(where, "zarr.json", error, meta=None) from error
@@ -104,8 +104,9 @@ class FeatureCache:
 
     def __init__(self, group: zarr.Group, meta: CacheMeta, *, where: str):
         self.meta, self.where, self.group = meta, where, group
-        nbytes = group.attrs.get("block_nbytes", {})
-        digests = group.attrs.get("block_xxh3", {})
+        # array name -> per block: byte size / xxh3 of its file (-1: not recorded), as the build wrote them (JSON)
+        nbytes = cast("dict[str, list[int]]", group.attrs.get("block_nbytes", {}))
+        digests = cast("dict[str, list[int]]", group.attrs.get("block_xxh3", {}))
         self.positions_bound = all(digests.get(name) is not None and min(digests[name], default=0) >= 0
                                    for name in meta.arrays)  # every block file tied to its place
         self._arrays = {name: BlockReader(_array(group, name, where, meta), nbytes=nbytes.get(name),
@@ -193,7 +194,8 @@ class FeatureCache:
 
     def thumbnail(self, index: int) -> Image.Image:
         """The stored thumbnail of image `index` (at most `meta.thumbnail` pixels a side)."""
-        height, width = thumbnail_size(*(int(v) for v in self.image_sizes[index]), self.meta.thumbnail)
+        size = self.image_sizes[index]  # (2,) original (height, width)
+        height, width = thumbnail_size(int(size[0]), int(size[1]), self.meta.thumbnail)
         return Image.fromarray(self._arrays["thumbnails"][index][:height, :width])
 
     def verify(self) -> int:
@@ -207,8 +209,8 @@ class FeatureCache:
 class BlockReader:
     """One zarr array read and verified a block (S images, one file) at a time; slices along dim 0."""
 
-    def __init__(self, array: zarr.Array, *, nbytes: list[int] | None, name: str, where: str,
-                 digests: list[int] | None = None):
+    def __init__(self, array: zarr.Array[Any], *, nbytes: list[int] | None, name: str, where: str,
+                 digests: list[int] | None = None) -> None:
         self.array, self.nbytes, self.digests, self.name, self.where = array, nbytes, digests, name, where
         self.shape, self.dtype = array.shape, array.dtype
         self.rows = array.shards[0] if array.shards else array.chunks[0]
@@ -261,6 +263,7 @@ class BlockReader:
         key = block_key(self.array, block)
         if block not in self._checked:  # a partial read: size and chunk checksums (the hash needs the whole file)
             self._check_size(key, stored_size(self.array.store, key), block)
+        assert self._local is not None  # take() calls this for local shard files only
         folder, compressed, checksum = self._local
         try:
             with open(folder / key, "rb") as file:
@@ -306,7 +309,7 @@ class BlockReader:
             raise
         except DECODE_ERRORS as error:  # checksum mismatches and garbage; a bug or MemoryError propagates as is
             raise self._corrupt(key, f"failed to decode ({type(error).__name__}: {error})") from error
-        return np.asarray(values, dtype=object) if self.dtype.kind == "T" else values
+        return np.asarray(values, dtype=object) if self.dtype.kind == "T" else np.asarray(values)  # a no-op on the ndarray a slice gives
 
     def _check(self, block: int, key: str) -> bytes | None:
         """Check block `block`'s file against the build's record: exists, byte size, hash at this position.
@@ -341,10 +344,10 @@ class BlockReader:
                                  "or download it again")
 
 
-def _array(group: zarr.Group, name: str, where: str, meta: CacheMeta) -> zarr.Array:
+def _array(group: zarr.Group, name: str, where: str, meta: CacheMeta) -> zarr.Array[Any]:
     """The array `name` of a cache, or a `CacheCorruptError` naming its metadata file."""
     try:
-        return group[name]
+        return cast("zarr.Array[Any]", group[name])  # every name in meta.arrays is an array the build made
     except METADATA_ERRORS as error:
         raise _bad_metadata(where, f"{name}/zarr.json", error, meta=meta) from error
 
@@ -363,7 +366,8 @@ def _bad_metadata(where: str, file: str, error: Exception, *, meta: CacheMeta | 
 def _images_done(group: zarr.Group, meta: CacheMeta) -> int:
     if "progress" not in group:  # killed before its arrays were all created: nothing done
         return 0
-    done = group["progress"][:].any(axis=1)  # (blocks,)
+    progress = cast("zarr.Array[Any]", group["progress"])  # (blocks, arrays) bytes written, 0 where not yet
+    done = np.asarray(progress[:]).any(axis=1)  # (blocks,)
     return meta.images_in(np.flatnonzero(done).tolist())
 
 
