@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -117,7 +117,8 @@ def build_cache(model: LoadedModel | str, layer: str, dataset: ImageDataset | st
         group, meta = _open_or_create(out, meta, overwrite=overwrite)
         if meta.status == "complete":
             return out
-        done = group["progress"][:].any(axis=1)  # (blocks,)
+        written = np.asarray(_array(group, "progress")[:])  # (blocks, arrays) bytes written, 0 where not yet
+        done = cast(np.ndarray, written.any(axis=1))  # (blocks,): numpy types any() of a 2-d array as maybe a scalar
         todo = [block for block in range(meta.blocks) if not done[block]]
         reporter = Reporter(progress, total=meta.count, done=meta.count - meta.images_in(todo), name=out.name)
         try:
@@ -163,12 +164,12 @@ def _contents(folder: Path) -> list[Path]:
 
 def _finish(group: zarr.Group, meta: CacheMeta) -> None:
     """Mark a cache whose every block is written complete, with the byte size and hash of every block file."""
-    nbytes = group["progress"][:]  # (blocks, arrays)
+    nbytes = np.asarray(_array(group, "progress")[:])  # (blocks, arrays)
     if not nbytes.all():
         raise RuntimeError(f"internal: blocks {np.flatnonzero(~nbytes.all(axis=1)).tolist()} are not written")
-    digests = group["digests"][:]  # (blocks, arrays), -1 where a block was written before digests existed
+    digests = np.asarray(_array(group, "digests")[:])  # (blocks, arrays), -1 where a block was written before digests existed
     for block, column in zip(*np.nonzero(digests < 0)):
-        data = block_file(group.store, block_key(group[meta.arrays[column]], int(block)))
+        data = block_file(group.store, block_key(_array(group, meta.arrays[column]), int(block)))
         digests[block, column] = -1 if data is None else digest(data)
     finished = replace(meta, status="complete", finished=timestamp())
     group.attrs.update({"vfs_cache": finished.to_attrs(),
@@ -185,7 +186,7 @@ def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zar
     store = DurableStore(out)
     if (out / "zarr.json").exists():
         group = zarr.open_group(store, mode="r+")
-        attrs = group.attrs.get("vfs_cache")
+        attrs = cast("dict[str, Any] | None", group.attrs.get("vfs_cache"))  # the JSON CacheMeta.to_attrs wrote
         if attrs is not None and not overwrite and "progress" in group:
             found = CacheMeta.from_attrs(attrs)
             differ = {key: (found.identity().get(key), value)
@@ -208,7 +209,8 @@ def _open_or_create(out: Path, meta: CacheMeta, *, overwrite: bool) -> tuple[zar
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     group = zarr.create_group(store, attributes={"vfs_cache": meta.to_attrs()})  # first: a killed build is "unfinished"
     n, rows, (height, width) = meta.count, meta.shard_size, meta.grid
-    shapes = {"features": ((n, height, width, meta.channels), meta.dtype),
+    shapes: dict[str, tuple[tuple[int, ...], str | type[str]]] = {  # name -> (shape, dtype)
+              "features": ((n, height, width, meta.channels), meta.dtype),
               "thumbnails": ((n, meta.thumbnail, meta.thumbnail, 3), "uint8"),
               "sq_norms": ((n, height, width), "float32"), "labels": ((n,), "int64"),
               "image_sizes": ((n, 2), "int32"), "ids": ((n,), str), "domains": ((n,), str), "boxes": ((n,), str)}
@@ -233,7 +235,9 @@ def _create_digests(group: zarr.Group, meta: CacheMeta) -> None:
 def _prefetch(data: ImageDataset, meta: CacheMeta, preprocess: Any, blocks: list[int], *,
               batch_size: int, pin: bool = False) -> Iterator[tuple[int, list[ImageItem], list[torch.Tensor], np.ndarray]]:
     """Yield (block, items, batches of model input, thumbnails) per block, made one block ahead in a thread."""
-    results: queue.Queue = queue.Queue(maxsize=1)
+    # a block's (block, items, batches, thumbnails); the loader's error, raised here; None: no more blocks
+    results: queue.Queue[tuple[int, list[ImageItem], list[torch.Tensor], np.ndarray] | BaseException | None]
+    results = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def load() -> None:
@@ -284,7 +288,7 @@ def block_inputs(data: ImageDataset, meta: CacheMeta, preprocess: Any, block: in
 def _extract(extractor: Any, images: list[torch.Tensor], dtype: str, *, first: int,
              reporter: Reporter | None) -> torch.Tensor:
     """Batches of model input (images `first`, `first + 1`...) -> stored features (n, H, W, C) in the cache dtype."""
-    parts = []
+    parts: list[torch.Tensor] = []
     for batch in images:
         features = extractor(batch).cpu()  # (B, C, H, W) float32
         check_storable(features, dtype, first=first + sum(len(part) for part in parts))
@@ -329,11 +333,16 @@ def _write_block(group: zarr.Group, meta: CacheMeta, block: int, items: list[Ima
         "boxes": np.array([_boxes_json(item.boxes) for item in items], dtype=object),
     }
     for name in meta.arrays:
-        if name not in SHARDED or not write_shard(group[name], block, values[name]):  # fast path: local shards
-            group[name][start:stop] = values[name]
-    files = [block_file(group.store, block_key(group[name], block)) or b"" for name in meta.arrays]  # read back
-    group["digests"][block] = np.array([digest(data) for data in files], dtype=np.int64)
-    group["progress"][block] = np.array([len(data) for data in files], dtype=np.int64)  # last: the block is done
+        if name not in SHARDED or not write_shard(_array(group, name), block, values[name]):  # fast path: local shards
+            _array(group, name)[start:stop] = values[name]
+    files = [block_file(group.store, block_key(_array(group, name), block)) or b"" for name in meta.arrays]  # read back
+    _array(group, "digests")[block] = np.array([digest(data) for data in files], dtype=np.int64)
+    _array(group, "progress")[block] = np.array([len(data) for data in files], dtype=np.int64)  # last: the block is done
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The cache's array `name` (zarr types a group member as `Array | Group`; every member we make is an array)."""
+    return cast("zarr.Array[Any]", group[name])
 
 
 def _thumbnail(image: Image.Image, side: int) -> np.ndarray:
