@@ -142,7 +142,8 @@ class ClusterCache:
                                                allow_other_workers=True, pure=False,
                                                key=f"vfs-shard-{self._token}-{block}-{self._generation}")
                      for block, worker in moved.items()}
-            wait(list(fresh.values()))
+            # distributed ships py.typed but leaves wait(fs, timeout, return_when) unannotated
+            wait(list(fresh.values()))  # type: ignore[no-untyped-call]
             for future in fresh.values():
                 if future.status == "error":
                     future.result()  # raises the worker's error (a CacheError naming the worker)
