@@ -165,7 +165,7 @@ class FolderDataset(ImageDataset):
             rows.append((rel.as_posix(), rel.parts[0] if len(rel.parts) > 1 else None, None, None))
         return rows
 
-    def _read_labels(self, file: Path) -> list[tuple[str, str | None, str | None, list | None]]:
+    def _read_labels(self, file: Path) -> list[tuple[str, str | None, str | None, list[list[float]] | None]]:
         try:
             if file.suffix.lower() == ".json":
                 records = json.loads(file.read_text())
@@ -176,7 +176,7 @@ class FolderDataset(ImageDataset):
                     records = list(csv.DictReader(handle))
         except (OSError, ValueError) as error:
             raise DatasetError(f"cannot read labels file {file}: {error}") from error
-        merged: dict[str, list] = {}
+        merged: dict[str, list[Any]] = {}  # path -> [path, label, domain, boxes], filled record by record
         for number, record in enumerate(records, 1):
             if not isinstance(record, dict) or not record.get("path"):
                 raise DatasetError(f"{file}, record {number}: needs a `path` column/key "
@@ -312,7 +312,9 @@ def skimage_photos() -> ArrayDataset:
     import skimage.data
 
     names = sorted(SKIMAGE_PHOTOS)
-    images = [skimage.data.stereo_motorcycle()[0] if n == "motorcycle" else getattr(skimage.data, n)()
+    # skimage ships py.typed but leaves its data loaders unannotated: each returns an ndarray
+    images = [skimage.data.stereo_motorcycle()[0] if n == "motorcycle"  # type: ignore[no-untyped-call]
+              else getattr(skimage.data, n)()
               for n in names]
     categories = sorted(set(SKIMAGE_PHOTOS.values()))
     return ArrayDataset(images, name="skimage-photos", ids=names, label_names=categories,
@@ -323,7 +325,7 @@ def lfw_subset() -> ArrayDataset:
     """skimage.data.lfw_subset(): 200 grey 25x25 images, the first 100 faces, the other 100 not."""
     import skimage.data
 
-    images = skimage.data.lfw_subset()  # (200, 25, 25) float64 in [0, 1]
+    images = skimage.data.lfw_subset()  # type: ignore[no-untyped-call]  # unannotated; (200, 25, 25) float64 in [0, 1]
     return ArrayDataset(list(images), name="lfw-subset", labels=[0] * 100 + [1] * 100,
                         label_names=["face", "not face"])
 
