@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import xxhash
@@ -44,6 +44,9 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.core.sync import sync
 
 from vfs.errors import OptionError
+
+if TYPE_CHECKING:
+    from vfs.models.preprocess import Preprocess
 
 SCHEMA = 1
 THUMBNAIL = 96          # thumbnail side in pixels (images are never scaled up)
@@ -62,7 +65,8 @@ def compressors(codec: str, *, dtype: np.dtype, checksum: bool = True) -> list[A
     elif codec == "none":
         chosen = []
     elif codec in ("lz4", "zstd"):
-        chosen = [BloscCodec(cname=codec, clevel=5 if codec == "lz4" else 1, shuffle="shuffle",
+        cname = cast("Literal['lz4', 'zstd']", codec)  # mypy does not narrow a str by `in` a tuple of literals
+        chosen = [BloscCodec(cname=cname, clevel=5 if codec == "lz4" else 1, shuffle="shuffle",
                              typesize=np.dtype(dtype).itemsize)]
     else:
         raise OptionError(f"unknown codec {codec!r}: use none, lz4 or zstd")
@@ -138,12 +142,12 @@ class CacheMeta:
         values["model_args"] = tuple(values.get("model_args", ()))  # () in caches written before it existed
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
-    def make_preprocess(self):
+    def make_preprocess(self) -> Preprocess:
         """The `Preprocess` to apply to a query so its features match this cache's."""
         from vfs.models.preprocess import Preprocess
 
         known = {f.name for f in fields(Preprocess)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items() if k in known}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in self.preprocess.items() if k in known}
         values.setdefault("mean", (0.0, 0.0, 0.0))  # caches written from features (`write_cache`) have no pixels:
         values.setdefault("std", (1.0, 1.0, 1.0))   # their 1x1 "images" need no normalisation
         return Preprocess(**values)
@@ -177,7 +181,7 @@ def thumbnail_size(height: int, width: int, side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def block_key(array: zarr.Array, block: int) -> str:
+def block_key(array: zarr.Array[Any], block: int) -> str:
     """Store key of the file holding block `block` (S images) of `array`."""
     coords = (block,) + (0,) * (array.ndim - 1)
     key = array.metadata.encode_chunk_key(coords)
