@@ -18,21 +18,16 @@ measures how often (recall@k against exact search, per mask shape and M).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from vfs.cache.coarse import CoarseIndex, cache_fingerprint, open_coarse_index
 from vfs.cache.reader import FeatureCache
 from vfs.errors import CacheMismatchError, SearchError
-from vfs.retrieval.window import (
-    BestWindows,
-    Match,
-    as_float_tensor,
-    best_windows,
-    check_indices,
-    is_positive_int,
-    search,
-)
+from vfs.retrieval.checks import as_float_tensor, check_indices, is_positive_int
+from vfs.retrieval.window import BestWindows, Match, best_windows, search
+from vfs.source import Array, Indices
 
 CANDIDATES = 1000  # default M: images re-scored exactly (see the recall table in docs/design.md)
 
@@ -58,8 +53,9 @@ def approximate_label(candidates: int, scanned: int) -> str:
             f"picked by a coarse index out of {scanned:,}")
 
 
-def search_two_stage(query, weights, cache: FeatureCache, *, index: CoarseIndex | None = None,
-                     candidates: int = CANDIDATES, k: int = 10, exclude=None, subset=None,
+def search_two_stage(query: Array, weights: Array, cache: FeatureCache, *, index: CoarseIndex | None = None,
+                     candidates: int = CANDIDATES, k: int = 10, exclude: Indices | None = None,
+                     subset: Indices | None = None,
                      per_image: int = 1) -> TwoStageResult:
     """The `k` best windows of `cache` for the region `weights` (H, W) of `query` (C, H, W), found in two stages.
 
@@ -78,8 +74,9 @@ def search_two_stage(query, weights, cache: FeatureCache, *, index: CoarseIndex 
     return TwoStageResult(matches=matches, candidates=candidates, scanned=scanned, dims=dims)
 
 
-def best_windows_two_stage(query, weights, cache: FeatureCache, *, index: CoarseIndex | None = None,
-                           candidates: int = CANDIDATES, exclude=None, subset=None) -> BestWindows:
+def best_windows_two_stage(query: Array, weights: Array, cache: FeatureCache, *,
+                           index: CoarseIndex | None = None, candidates: int = CANDIDATES,
+                           exclude: Indices | None = None, subset: Indices | None = None) -> BestWindows:
     """The exact best window of each of the `candidates` images (of `subset`) the coarse index ranks best.
 
     Like `vfs.best_windows`, but only over those M images (ascending indices of the cache).
@@ -93,8 +90,9 @@ def best_windows_two_stage(query, weights, cache: FeatureCache, *, index: Coarse
     return replace(best, indices=picked[best.indices])
 
 
-def _candidates(query, weights, cache: FeatureCache, *, index: CoarseIndex | None, candidates: int,
-                exclude, subset) -> tuple[np.ndarray, Gathered | None, int, int]:
+def _candidates(query: Array, weights: Array, cache: FeatureCache, *, index: CoarseIndex | None,
+                candidates: int, exclude: Indices | None,
+                subset: Indices | None) -> tuple[np.ndarray, Gathered | None, int, int]:
     """Stage 1: (the M picked images, ascending; their features as a source; images scanned; d)."""
     if not is_positive_int(candidates):
         raise SearchError(f"candidates must be a positive integer, got {candidates!r}: "
@@ -136,7 +134,7 @@ class Gathered:
         self.features, self.sq_norms = features, sq_norms
         self.shape = features.shape
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> np.ndarray:
         return self.features[index]
 
     def __len__(self) -> int:
