@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def open_coarse_index(cache: FeatureCache) -> CoarseIndex:
     where = f"{cache.where}/{GROUP}"
     try:
         group = zarr.open_group(cache.group.store, path=GROUP, mode="r")
-        attrs = group.attrs["vfs_coarse"]
+        attrs = _coarse_attrs(group)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as error:
         raise CacheError(f"{cache.where} has no coarse index: build it with "
                          f"`python -m vfs index-coarse {cache.where}`") from error
@@ -140,12 +140,12 @@ def open_coarse_index(cache: FeatureCache) -> CoarseIndex:
         raise CacheMismatchError(f"{where} was built from another cache (or an earlier build of this one): "
                                  f"rebuild it with `python -m vfs index-coarse {cache.where} --overwrite`")
     if meta.status != "complete":
-        done = int((group["progress"][:] > 0).sum())
+        done = int((np.asarray(_array(group, "progress")[:]) > 0).sum())
         raise CacheIncompleteError(f"{where} is an unfinished coarse index ({done} of {meta.blocks} blocks): "
                                    f"resume it with `python -m vfs index-coarse {cache.where}`")
-    nbytes = group.attrs.get("block_nbytes")
-    codes = BlockReader(group["codes"], nbytes=nbytes, name="coarse/codes", where=cache.where).read_all()
-    basis = np.asarray(group["basis"][:], dtype=np.float32)  # (d, C), one small chunk with its crc32c
+    nbytes = cast("list[int] | None", group.attrs.get("block_nbytes"))  # (blocks,) as the build wrote them
+    codes = BlockReader(_array(group, "codes"), nbytes=nbytes, name="coarse/codes", where=cache.where).read_all()
+    basis = np.asarray(_array(group, "basis")[:], dtype=np.float32)  # (d, C), one small chunk with its crc32c
     norms = cache.sq_norms
     norms = norms if isinstance(norms, np.ndarray) else norms.read_all()  # (N, H, W)
     return CoarseIndex(meta=meta, basis=basis, codes=codes, sq_norms=norms)
@@ -154,7 +154,7 @@ def open_coarse_index(cache: FeatureCache) -> CoarseIndex:
 def has_coarse_index(cache: FeatureCache) -> bool:
     """True when `cache` holds a finished coarse index made from it (not verified: that is on open)."""
     try:
-        attrs = zarr.open_group(cache.group.store, path=GROUP, mode="r").attrs["vfs_coarse"]
+        attrs = _coarse_attrs(zarr.open_group(cache.group.store, path=GROUP, mode="r"))
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
         return False
     return attrs.get("status") == "complete" and attrs.get("cache") == cache_fingerprint(cache)
@@ -180,11 +180,11 @@ def build_coarse_index(path: str | Path, *, dims: int | None = None, sample: int
     folder = Path(path).expanduser() / GROUP
     sample = min(sample, count)
     group = _open_or_create(folder, cache, dims=dims, sample=sample, overwrite=overwrite)
-    meta = CoarseMeta.from_attrs(group.attrs["vfs_coarse"])
+    meta = CoarseMeta.from_attrs(_coarse_attrs(group))
     if meta.status == "complete":
         return folder
-    basis = np.asarray(group["basis"][:], dtype=np.float32)  # (d, C)
-    done = group["progress"][:]  # (blocks,)
+    basis = np.asarray(_array(group, "basis")[:], dtype=np.float32)  # (d, C)
+    done = np.asarray(_array(group, "progress")[:])  # (blocks,)
     todo = [block for block in range(meta.blocks) if not done[block]]
     report = _reporter(progress, name=Path(path).name)
     rows = meta.shard_size
@@ -193,12 +193,12 @@ def build_coarse_index(path: str | Path, *, dims: int | None = None, sample: int
     for block in todo:
         values = torch.from_numpy(cache[block * rows:(block + 1) * rows]).permute(0, 2, 3, 1)  # (n, H, W, C)
         codes = (values.float() @ projection).to(torch.float16).numpy()  # (n, H, W, d)
-        group["codes"][block * rows:block * rows + len(codes)] = codes
-        group["progress"][block] = stored_size(group.store, block_key(group["codes"], block)) or 0
+        _array(group, "codes")[block * rows:block * rows + len(codes)] = codes
+        _array(group, "progress")[block] = stored_size(group.store, block_key(_array(group, "codes"), block)) or 0
         finished_blocks += 1
         elapsed = time.monotonic() - started
         report(finished_blocks / meta.blocks, f"{finished_blocks}/{meta.blocks} blocks ({elapsed:.0f} s)")
-    nbytes = group["progress"][:]  # (blocks,)
+    nbytes = np.asarray(_array(group, "progress")[:])  # (blocks,)
     if not nbytes.all():
         raise RuntimeError(f"internal: coarse blocks {np.flatnonzero(nbytes == 0).tolist()} are not written")
     finished = replace(meta, status="complete", finished=timestamp())
@@ -227,7 +227,7 @@ def _open_or_create(folder: Path, cache: FeatureCache, *, dims: int, sample: int
     fingerprint = cache_fingerprint(cache)
     if (folder / "zarr.json").exists():
         group = zarr.open_group(folder, mode="r+")
-        attrs = group.attrs.get("vfs_coarse")
+        attrs = cast("dict[str, Any] | None", group.attrs.get("vfs_coarse"))  # the JSON CoarseMeta.to_attrs wrote
         if attrs is not None and not overwrite:
             found = CoarseMeta.from_attrs(attrs)
             if found.cache != fingerprint:
@@ -256,6 +256,14 @@ def _open_or_create(folder: Path, cache: FeatureCache, *, dims: int, sample: int
     return group
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    return cast("zarr.Array[Any]", group[name])  # basis, codes and progress: arrays _open_or_create made
+
+
+def _coarse_attrs(group: zarr.Group) -> dict[str, Any]:
+    return cast("dict[str, Any]", group.attrs["vfs_coarse"])  # the JSON CoarseMeta.to_attrs wrote
+
+
 def _reporter(progress: Progress, *, name: str) -> Callable[[float, str], None]:
     if callable(progress):
         return progress
@@ -279,7 +287,7 @@ def index_coarse_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     folder = build_coarse_index(args.cache, dims=args.dims, sample=args.sample, overwrite=args.overwrite)
-    meta = CoarseMeta.from_attrs(zarr.open_group(folder, mode="r").attrs["vfs_coarse"])
+    meta = CoarseMeta.from_attrs(_coarse_attrs(zarr.open_group(folder, mode="r")))
     print(f"coarse index ready: {folder} ({meta.count:,} images x {meta.grid[0]}x{meta.grid[1]} x {meta.dims} "
           f"channels, {meta.nbytes / 2**30:.2f} GiB in RAM, keeps {meta.energy:.1%} of the squared norm; "
           f"{time.perf_counter() - started:.0f} s)")
