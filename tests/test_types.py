@@ -11,9 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # the modules checked strictly: those whose signatures make up `vfs`'s public surface, then every other
-# module of `vfs` that passes. Not yet (`python -m mypy vfs/` on 2026-12-03 after cache/build joined: 287
-# errors in 25 modules): cache/coarse 58, analysis/metrics 33, analysis/experiment 25, analysis/figures 19,
-# datasets/huggingface 16, cache/defaults 15, analysis/tables 13, and 18 more modules with 1-12 each
+# module of `vfs` that passes. Not yet (`python -m mypy vfs/` on 2026-12-03 after cache/coarse joined: 212
+# errors in 20 modules): analysis/metrics 33, analysis/experiment 25, analysis/figures 19,
+# datasets/huggingface 16, cache/defaults 15, analysis/tables 13, and 14 more modules with 2-12 each
 # (mostly untyped parameters and zarr's Array | Group).
 STRICT = ["vfs/__init__.py", "vfs/errors.py", "vfs/source.py", "vfs/masks.py", "vfs/models/preprocess.py",
           "vfs/retrieval/window.py", "vfs/retrieval/checks.py", "tests/typing_sources.py",
