@@ -20,7 +20,9 @@ import argparse
 import difflib
 import math
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -126,6 +128,24 @@ class FeatureExtractor:
         return self.preprocess(images)  # (B, 3, crop, crop)
 
 
+_PASS_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_PASS_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_pass_at_a_time(module: nn.Module) -> Iterator[None]:
+    """Hold `module`'s own lock: hooks added, the forward pass, hooks removed, one thread at a time.
+
+    Threads sharing a model (the app's handlers under gradio) would otherwise add or remove a hook
+    while another thread's forward pass iterates the same hook dict ("OrderedDict mutated during
+    iteration"). On a CPU the passes share the cores anyway; torch's own threads keep them busy.
+    """
+    with _PASS_LOCKS_LOCK:
+        lock = _PASS_LOCKS.setdefault(module, threading.Lock())
+    with lock:
+        yield
+
+
 def run_to_layer(module: nn.Module, target: nn.Module, pixels: torch.Tensor, *, layer: str = "") -> torch.Tensor:
     """`target`'s output (its first tensor) the first time it runs on `pixels`; the rest never runs."""
     captured: list[object] = []
@@ -137,14 +157,15 @@ def run_to_layer(module: nn.Module, target: nn.Module, pixels: torch.Tensor, *, 
         captured.append(output)
         raise _Captured
 
-    handle = target.register_forward_hook(hook)
-    try:
-        with torch.inference_mode():
-            module(pixels)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
+    with _one_pass_at_a_time(module):
+        handle = target.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                module(pixels)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
     if not captured:
         raise LayerError(f"layer {layer!r} did not run in the forward pass: pick a layer the model uses (vfs.list_layers)")
     return _first_tensor(captured[0], layer)
@@ -267,18 +288,19 @@ def _record_shapes(module: nn.Module, input_size: int, layers: list[str] | None)
 
         return hook
 
-    handles = [target.register_forward_hook(make_hook(name)) for name, target in targets.items()]
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    was_training = module.training
-    try:
-        module.eval()
-        with torch.inference_mode():
-            module(torch.zeros(1, 3, input_size, input_size, device=device))  # (1, 3, S, S)
-    finally:
-        module.train(was_training)
-        for handle in handles:
-            handle.remove()
+    with _one_pass_at_a_time(module):
+        handles = [target.register_forward_hook(make_hook(name)) for name, target in targets.items()]
+        was_training = module.training
+        try:
+            module.eval()
+            with torch.inference_mode():
+                module(torch.zeros(1, 3, input_size, input_size, device=device))  # (1, 3, S, S)
+        finally:
+            module.train(was_training)
+            for handle in handles:
+                handle.remove()
     return {name: found[name] for name in names if name in found}
 
 
