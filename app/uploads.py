@@ -17,8 +17,32 @@ import numpy as np
 from vfs.errors import DatasetError
 
 KEPT = 64  # uploads kept (the oldest is dropped first); at most ~0.8 MB each at 512 px a side
-_images: OrderedDict[str, np.ndarray] = OrderedDict()  # digest -> (H, W, 3) uint8, read-only
-_lock = threading.Lock()
+
+
+class KeptImages:
+    """Private read-only copies of images (H, W, 3) uint8 by name, the `size` last kept or asked for."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()  # name -> image, oldest first
+        self._lock = threading.Lock()
+
+    def keep(self, name: str, image: np.ndarray) -> None:
+        with self._lock:
+            if name not in self._images:
+                kept = np.array(image, dtype=np.uint8)  # a private copy
+                kept.flags.writeable = False
+                self._images[name] = kept
+            self._images.move_to_end(name)
+            while len(self._images) > self.size:
+                self._images.popitem(last=False)
+
+    def get(self, name: str) -> np.ndarray | None:
+        with self._lock:
+            return self._images.get(name)
+
+
+_images = KeptImages(KEPT)  # digest -> the upload
 
 
 def digest(image: np.ndarray) -> str:
@@ -30,21 +54,13 @@ def digest(image: np.ndarray) -> str:
 def remember(image: np.ndarray) -> str:
     """Keep `image` (H, W, 3) uint8 for later links; return its digest."""
     name = digest(image)
-    with _lock:
-        if name not in _images:
-            kept = np.array(image, dtype=np.uint8)  # a private copy
-            kept.flags.writeable = False
-            _images[name] = kept
-        _images.move_to_end(name)
-        while len(_images) > KEPT:
-            _images.popitem(last=False)
+    _images.keep(name, image)
     return name
 
 
 def recall(name: str) -> np.ndarray:
     """The image kept as `name`; `DatasetError` when this server no longer holds it."""
-    with _lock:
-        image = _images.get(str(name))
+    image = _images.get(str(name))
     if image is None:
         raise DatasetError(
             f"the uploaded image of this link ({name}) is not on this server any more: uploads are kept "

@@ -9,18 +9,14 @@ kept (`unveil`) before reading features from it: dimming never changes what is s
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import numpy as np
 
 from app import drawing
 from app.editor import editor_image, editor_mask, editor_value
-from app.uploads import digest
+from app.uploads import KeptImages, digest
 
 KEPT = 64  # veiled images remembered (the oldest is dropped first); ~0.6 MB each at 512 px a side
-_originals: OrderedDict[str, np.ndarray] = OrderedDict()  # digest of a veiled image -> its original (H, W, 3)
-_lock = threading.Lock()
+_originals = KeptImages(KEPT)  # digest of a veiled image -> its original (H, W, 3)
 
 
 def crop_cuts(image_shape: tuple[int, ...], preprocess) -> tuple[int, int, int, int] | None:
@@ -40,15 +36,7 @@ def veil(image: np.ndarray, preprocess) -> np.ndarray:
     top, left, bottom, right = box
     veiled = np.round(image.astype(np.float32) * drawing.DIM).astype(np.uint8)  # (H, W, 3)
     veiled[top:bottom, left:right] = image[top:bottom, left:right]
-    with _lock:
-        name = digest(veiled)
-        if name not in _originals:
-            kept = np.array(image, dtype=np.uint8)  # a private copy
-            kept.flags.writeable = False
-            _originals[name] = kept
-        _originals.move_to_end(name)
-        while len(_originals) > KEPT:
-            _originals.popitem(last=False)
+    _originals.keep(digest(veiled), image)
     return veiled
 
 
@@ -58,8 +46,7 @@ def unveil(image: np.ndarray) -> np.ndarray:
     A veiled image this server no longer remembers (restarted, or `KEPT` newer ones since) stays as it
     is: the model's crop ignores the dimmed part except for the resize filter's few pixels at its edge.
     """
-    with _lock:
-        original = _originals.get(digest(image))
+    original = _originals.get(digest(image))
     return image if original is None else original
 
 

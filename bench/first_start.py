@@ -31,7 +31,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from app_server import free_port, wait_ready  # noqa: E402 (after the path set-up)
+from app_server import _stop, free_port, wait_ready  # noqa: E402 (after the path set-up)
 
 from vfs.cache.defaults import DEFAULTS, folder_name  # noqa: E402
 
@@ -98,12 +98,7 @@ def main() -> int:
         print(f"{time.perf_counter() - started:7.1f} s  all default caches searchable; load average "
               f"{os.getloadavg()}", flush=True)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

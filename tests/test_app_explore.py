@@ -85,7 +85,7 @@ def test_an_upload_is_shared_by_content_while_the_server_keeps_it(library, monke
     again, _ = handlers.read_query(library, state.cache_key, value, picked)
     assert np.array_equal(again.image, query.image) and np.array_equal(again.mask, query.mask)
     assert handlers.run_search(library, again, state.options).matches == outcome.matches
-    monkeypatch.setattr(uploads, "_images", type(uploads._images)())  # a restarted server
+    monkeypatch.setattr(uploads, "_images", uploads.KeptImages(uploads.KEPT))  # a restarted server
     with pytest.raises(vfs.DatasetError, match="not on this server"):
         exports.load_state(library, text)
 
