@@ -63,7 +63,8 @@ def plot_v1_fig6(result: dict, title: str):
     right.bar(range(len(others)), [_value(r, key) for r in others], yerr=[_se(r, key) for r in others],
               capsize=4, color="tab:orange")
     right.set_xticks(range(len(others)), [r["features"] for r in others], rotation=15, ha="right")
-    right.set_ylabel(f"images shared with {rows[0]['features']}")
+    right.set_ylabel(f"images of the top {k} shared")
+    right.set_title(f"shared with the reference, {rows[0]['features']}", fontsize=9)
     right.set_ylim(0, k)
     fig.suptitle(f"{title}\n(n = {rows[0]['queries']} queries, bars: standard error)", fontsize=9)
     fig.tight_layout()
