@@ -325,3 +325,25 @@ def test_shard_file_fast_paths_match_zarr_byte_for_byte(tmp_path, codec, checksu
     decoded = read_shard(data, rows=5, per_shard=8, row_shape=(3, 2, 5), dtype=np.dtype("float16"),
                          compressed=codec != "none", checksum=checksum)
     np.testing.assert_array_equal(decoded, values[8:])
+
+
+def test_scattered_take_reads_blocks_at_once_and_names_a_damaged_chunk(built, tmp_path):
+    """take() over rows in every block (the sparse path, files read in parallel) == the rows of the whole
+    cache; a flipped byte in one row's chunk is a CacheCorruptError naming its file."""
+    from vfs.cache.shard_file import read_index
+
+    rows = np.array([1, 2, 17, 30, 33, 49, 63])  # at most 4 per block of 16: read chunk by chunk
+    whole = open_cache(built, in_memory=True)
+    streamed = open_cache(built, in_memory=False)
+    np.testing.assert_array_equal(streamed.take(rows), whole.take(rows))
+    copy = _damaged_copy(built, tmp_path)
+    key = "features/c/1/0/0/0"  # block 1: rows 16-31
+    with open(copy / key, "rb") as file:
+        offset, length = (int(v) for v in read_index(file, per_shard=SHARD)[17 - SHARD])
+    data = bytearray((copy / key).read_bytes())
+    data[offset + length // 2] ^= 0x10  # inside row 17's chunk; the file keeps its size
+    (copy / key).write_bytes(data)
+    damaged = open_cache(copy, in_memory=False)
+    np.testing.assert_array_equal(damaged.take(np.array([1, 30, 33])), whole.take(np.array([1, 30, 33])))
+    with pytest.raises(CacheCorruptError, match=rf"block file '{key}'"):
+        damaged.take(rows)

@@ -11,10 +11,10 @@ import torch
 import zarr
 
 from vfs.errors import MaskError, SearchError
-from vfs.retrieval import numba_kernel
+from vfs.retrieval import kernels, numba_kernel
 from vfs.retrieval.kernels import make_plan
 from vfs.retrieval.prepared import prepare
-from vfs.retrieval.window import BestWindows, Match, best_windows, search
+from vfs.retrieval.window import BestWindows, Match, best_windows, plan_search, search
 
 
 @pytest.fixture(autouse=True, params=["torch", "numba"])
@@ -265,6 +265,26 @@ def test_numba_kernel_equals_torch_path(monkeypatch, dtype):
         np.testing.assert_allclose(fused.scores, torch_path.scores, atol=1e-6)
         np.testing.assert_array_equal(fused.rows, torch_path.rows)
         np.testing.assert_array_equal(fused.cols, torch_path.cols)
+
+
+@pytest.mark.skipif(not numba_kernel.AVAILABLE, reason="numba is not installed (or VFS_NUMBA=0)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_best_scores_kernel_is_the_max_of_the_oracle(dtype, channels_last):
+    """kernels.best_scores (two-stage's stage 1: one call, best score only) == the oracle's best window, any
+    layout and dtype; 77 images, so the threads' parts of 32 images end in a partial one."""
+    rng = np.random.default_rng(15)
+    features = random_features(rng, (77, 9, 5, 6), dtype)
+    tensor = torch.from_numpy(features)
+    if channels_last:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    for mask in ["cell", "box", "corner", "L", "soft", "full"]:
+        weights = weights_of(mask, (5, 6), rng)
+        plan, _, _ = plan_search(features[4], weights, features, subset=None, device="cpu")
+        norms = torch.from_numpy((features.astype(np.float32) ** 2).sum(axis=1))  # (n, H, W)
+        best = kernels.best_scores(tensor, plan, sq_norms=norms)
+        expected = oracle_scores(features[4], weights, features).reshape(77, -1).max(axis=1)  # (n,)
+        np.testing.assert_allclose(best.numpy(), expected, atol=2e-6)
 
 
 @pytest.mark.parametrize("source_kind", ["numpy", "cl"])

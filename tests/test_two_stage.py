@@ -19,7 +19,7 @@ import vfs
 from vfs.cache.arrays import write_cache
 from vfs.cache.coarse import build_coarse_index, has_coarse_index, open_coarse_index
 from vfs.errors import CacheCorruptError, CacheError, CacheIncompleteError, CacheMismatchError, SearchError
-from vfs.retrieval.two_stage import search_two_stage, top_indices
+from vfs.retrieval.two_stage import coarse_scores, search_two_stage, top_indices
 
 N, C, H, W, SHARD = 300, 24, 5, 6, 64
 MASKS = ("full", "cell", "box", "L")
@@ -95,6 +95,25 @@ def test_returned_scores_are_the_exact_scores_of_the_returned_windows(indexed, i
         expected = picked[top_indices(scores[picked], 8)]
         assert sorted(m.index for m in result.matches) == sorted(expected.tolist())
         assert [m.score for m in result.matches] == sorted(scores[expected].tolist(), reverse=True)
+
+
+@pytest.mark.parametrize("numba", [True, False])
+@pytest.mark.parametrize("mask", MASKS)
+def test_stage_one_scores_are_best_windows_over_the_index(indexed, monkeypatch, numba, mask):
+    """coarse_scores (one fused call over the whole index, or without numba) == vfs.best_windows over the
+    index, for every image and for a subset."""
+    monkeypatch.setattr("vfs.retrieval.kernels.USE_NUMBA", numba)
+    cache = vfs.open_cache(indexed)
+    index = open_coarse_index(cache)
+    query, weights = index.project(torch.from_numpy(cache[11].astype(np.float32))), weights_of(mask)
+    expected = vfs.best_windows(query, weights, index)
+    indices, scores = coarse_scores(query, weights, index)
+    np.testing.assert_array_equal(indices, np.arange(N))
+    np.testing.assert_allclose(scores, expected.scores, atol=1e-6)
+    subset = [299, 3, 150, 151]
+    indices, scores = coarse_scores(query, weights, index, subset=subset)
+    np.testing.assert_array_equal(indices, sorted(subset))
+    np.testing.assert_allclose(scores, expected.scores[sorted(subset)], atol=1e-6)
 
 
 def test_all_candidates_equals_exact_search(indexed):

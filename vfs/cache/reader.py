@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from vfs.models.loading import LoadedModel
 
 ASSUMED_MEMORY = 4 << 30  # bytes of free RAM assumed where /proc/meminfo cannot be read
+READERS = 16  # files read at once by `take` when its rows are scattered over many blocks (disk queue depth)
 RAM_FRACTION = 0.5  # load in memory when features + sq_norms take less than this share of free RAM
 
 
@@ -250,12 +252,24 @@ class BlockReader:
         out = np.empty((len(rows),) + self.shape[1:], dtype=self._numpy_dtype())
         blocks = rows // self.rows
         starts = np.flatnonzero(np.diff(blocks, prepend=-1))  # first position of each block's rows
+        sparse = []  # (first, last, block, wanted) read chunk by chunk
         for first, last in zip(starts, [*starts[1:], len(rows)]):
             block, wanted = int(blocks[first]), rows[first:last] - int(blocks[first]) * self.rows
             if self._local is None or self.array.shards is None or len(wanted) > self.rows // 4:
                 out[first:last] = self.block(block)[wanted]  # dense, or not a local shard: whole block
             else:
-                out[first:last] = self._chunks(block, wanted)
+                sparse.append((int(first), int(last), block, wanted))
+
+        def fill(part: tuple[int, int, int, np.ndarray]) -> None:
+            first, last, block, wanted = part
+            out[first:last] = self._chunks(block, wanted)
+
+        if len(sparse) > 1:  # scattered reads (two-stage's candidates): many in flight hide the disk's latency
+            with ThreadPoolExecutor(min(READERS, len(sparse))) as pool:
+                list(pool.map(fill, sparse))  # raises the first error
+        else:
+            for part in sparse:
+                fill(part)
         return out
 
     def _chunks(self, block: int, wanted: np.ndarray) -> np.ndarray:

@@ -189,14 +189,23 @@ def fused_applies(plan: WindowPlan, dtype: torch.dtype, *, device: torch.device,
 
 def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Tensor | None) -> torch.Tensor:
     """`score_block` by the numba kernel: (n, C, H, W) float16/float32 on the CPU -> (n, H'*W') float32."""
+    stored, columns, positions, square_weights, norms = _fused_arguments(features, plan, sq_norms)
+    out = np.empty((features.shape[0], plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
+    numba_kernel.fused_scores(stored, channels_last=is_channels_last(features), columns=columns, positions=positions,
+                              square_weights=square_weights, sq_norms=norms, out=out)
+    return torch.from_numpy(out)
+
+
+def _fused_arguments(features: torch.Tensor, plan: WindowPlan, sq_norms: torch.Tensor | None):
+    """The numba kernels' arrays: (stored (n, H*W, C) or (n, C, H*W), float16 as uint16 bits; columns;
+    positions; square_weights; sq_norms (n, H*W) float32, -1 where they are to be computed)."""
     n, channels, height, width = features.shape
     if "fused" not in plan.matrices:
         plan.matrices["fused"] = (plan.columns.cpu().numpy(),  # (cells, C)
                                   window_positions(plan),  # (cells, H'*W')
                                   plan.square_weights.cpu().numpy())  # (cells,)
     columns, positions, square_weights = plan.matrices["fused"]
-    channels_last = is_channels_last(features)
-    if channels_last:
+    if is_channels_last(features):
         stored = features.permute(0, 2, 3, 1).reshape(n, height * width, channels)  # (n, H*W, C)
     else:
         stored = features.reshape(n, channels, height * width)  # (n, C, H*W)
@@ -207,9 +216,19 @@ def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Ten
         norms = np.full((n, height * width), -1.0, np.float32)  # (n, H*W): -1 = compute them
     else:
         norms = sq_norms.reshape(n, -1).to(torch.float32).contiguous().numpy()  # (n, H*W), only read
-    out = np.empty((n, plan.offsets[0] * plan.offsets[1]), np.float32)  # (n, H'*W')
-    numba_kernel.fused_scores(stored, channels_last=channels_last, columns=columns, positions=positions,
-                              square_weights=square_weights, sq_norms=norms, out=out)
+    return stored, columns, positions, square_weights, norms
+
+
+def best_scores(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Tensor) -> torch.Tensor:
+    """Each image's best window cosine: (n, C, H, W) on the CPU -> (n,) float32, by the numba kernel.
+
+    Equals `score_block(...).max(dim=1).values` to float32 rounding (`fused_applies` must hold), without
+    the (n, H'*W') scores: two-stage search scans a whole coarse index this way in one call.
+    """
+    stored, columns, positions, square_weights, norms = _fused_arguments(features, plan, sq_norms)
+    out = np.empty(features.shape[0], np.float32)  # (n,)
+    numba_kernel.fused_best_scores(stored, channels_last=is_channels_last(features), columns=columns,
+                                   positions=positions, square_weights=square_weights, sq_norms=norms, out=out)
     return torch.from_numpy(out)
 
 

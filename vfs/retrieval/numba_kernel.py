@@ -150,6 +150,23 @@ if AVAILABLE:
                 _load(features[n], half, channels_last, x)
                 _score_image(x, columns, positions, square_weights, sq_norms[n], out[n])
 
+    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+    def _best_block(features, half, channels_last, columns, positions, square_weights, sq_norms, part, out):
+        """out[n] = the best window cosine of image n; threads take `part` images at a time."""
+        count = features.shape[0]
+        grid_positions, channels = sq_norms.shape[1], columns.shape[1]
+        for first in numba.prange((count + part - 1) // part):
+            x = np.empty((grid_positions, channels), np.float32)  # one scratch per part, not per image
+            scores = np.empty(positions.shape[1], np.float32)  # (P,)
+            for n in range(first * part, min(count, (first + 1) * part)):
+                _load(features[n], half, channels_last, x)
+                _score_image(x, columns, positions, square_weights, sq_norms[n], scores)
+                best = scores[0]
+                for p in range(1, scores.size):  # the first maximum, as torch's max
+                    if scores[p] > best:
+                        best = scores[p]
+                out[n] = best
+
 
 def fused_scores(features: np.ndarray, *, channels_last: bool, columns: np.ndarray, positions: np.ndarray,
                  square_weights: np.ndarray, sq_norms: np.ndarray, out: np.ndarray) -> None:
@@ -164,5 +181,21 @@ def fused_scores(features: np.ndarray, *, channels_last: bool, columns: np.ndarr
         try:
             _score_block(features, features.dtype == np.uint16, channels_last, columns, positions,
                          square_weights, sq_norms, out)
+        finally:
+            numba.set_parallel_chunksize(previous)
+
+
+def fused_best_scores(features: np.ndarray, *, channels_last: bool, columns: np.ndarray, positions: np.ndarray,
+                      square_weights: np.ndarray, sq_norms: np.ndarray, out: np.ndarray) -> None:
+    """Each image's best window cosine into `out` (n,): `fused_scores` then a max, with no (n, P) array.
+
+    Arguments as for `fused_scores`. One parallel region over all n images (two-stage search's scan
+    of a whole coarse index), which runs without the GIL.
+    """
+    with _LOCK:
+        previous = numba.set_parallel_chunksize(1)  # parts of CHUNK_IMAGES images, taken as threads free up
+        try:
+            _best_block(features, features.dtype == np.uint16, channels_last, columns, positions,
+                        square_weights, sq_norms, CHUNK_IMAGES, out)
         finally:
             numba.set_parallel_chunksize(previous)

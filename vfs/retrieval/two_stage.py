@@ -6,8 +6,9 @@
     result.label                                             # "approximate: ... M=1000 ..."
 
 Stage 1 scores every window of every image with the projected query over the index's d channels
-(`vfs.best_windows` over the index: the same kernels as exact search) and the cache's exact
-squared norms, so only the numerator is approximate. The `candidates` images with the best
+and the cache's exact squared norms, so only the numerator is approximate (`coarse_scores`: the
+fused numba kernel of exact search, keeping only each image's best score, in one parallel pass over
+the whole index; `vfs.best_windows` over the index without numba or for a subset). The `candidates` images with the best
 approximate window are kept. Stage 2 reads only their features from the cache (their chunks, on
 disk or in RAM) and runs the exact `vfs.search` over them: every returned score is the exact score
 of the returned window, and within the candidates the result equals exact search. What can be
@@ -21,12 +22,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from vfs.cache.coarse import CoarseIndex, cache_fingerprint, open_coarse_index
 from vfs.cache.reader import FeatureCache
 from vfs.errors import CacheMismatchError, SearchError
+from vfs.retrieval import kernels
 from vfs.retrieval.checks import as_float_tensor, check_indices, is_positive_int
-from vfs.retrieval.window import BestWindows, Match, best_windows, search
+from vfs.retrieval.window import BestWindows, Match, best_windows, plan_search, search
 from vfs.source import Array, Indices
 
 CANDIDATES = 1000  # default M: images re-scored exactly (see the recall table in docs/design.md)
@@ -107,14 +110,32 @@ def _candidates(query: Array, weights: Array, cache: FeatureCache, *, index: Coa
                           f"channels, got shape {tuple(query.shape)}: take it from the cache's model layer")
     count = cache.shape[0]
     excluded = check_indices(exclude if exclude is not None else [], count, "exclude")
-    approximate = best_windows(index.project(query), weights, index, subset=subset)  # every image, approximately
-    scores = approximate.scores.copy()  # (n,)
-    scores[np.isin(approximate.indices, excluded)] = -np.inf
-    keep = min(candidates, len(scores) - int(np.isin(approximate.indices, excluded).sum()))
+    indices, scores = coarse_scores(index.project(query), weights, index, subset=subset)  # (n,) each
+    scores[np.isin(indices, excluded)] = -np.inf
+    keep = min(candidates, len(scores) - int(np.isin(indices, excluded).sum()))
     if keep <= 0:
         return np.zeros(0, np.int64), None, len(scores), index.meta.dims
-    picked = np.sort(approximate.indices[top_indices(scores, keep)])  # (M,) ascending: ties as exact search
+    picked = np.sort(indices[top_indices(scores, keep)])  # (M,) ascending: ties as exact search
     return picked, Gathered(cache.take(picked), index.sq_norms[picked]), len(scores), index.meta.dims
+
+
+def coarse_scores(query: Array, weights: Array, index: CoarseIndex, *,
+                  subset: Indices | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1: (images (n,) ascending, each one's best approximate window score (n,) float32).
+
+    `query` is already projected, (d, H, W). The scores are those of `vfs.best_windows` over the index
+    (to float32 rounding): with numba, a whole index is scanned by one call of the fused kernel that
+    keeps only each image's best score (no (n, windows) array, no per-block work in Python).
+    """
+    plan, indices, device = plan_search(query, weights, index, subset=subset, device="cpu")
+    features = torch.from_numpy(index[:])  # (N, d, H, W), a channels-last view of the codes
+    if subset is None and kernels.fused_applies(plan, features.dtype, device=device, data_device=features.device,
+                                                channels_last=kernels.is_channels_last(features)):
+        scores = kernels.best_scores(features, plan, sq_norms=torch.from_numpy(index.sq_norms)).numpy()  # (N,)
+        if np.isfinite(scores).all():
+            return indices, scores
+    best = best_windows(query, weights, index, subset=subset)  # names any image with non-finite values
+    return best.indices, best.scores.copy()
 
 
 def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
