@@ -200,12 +200,12 @@ def test_damaged_metadata_names_the_file_and_the_way_out(tiny_cache, tmp_path, d
 
 
 def test_narrow_excepts_let_bugs_through(tiny_cache, monkeypatch):
-    import vfs.cache.reader as reader
+    import vfs.cache.blocks as blocks
 
     def broken(*args, **kwargs):
         raise MemoryError  # not damage: must not be reported as "damaged: rebuild it"
 
-    monkeypatch.setattr(reader, "read_shard", broken)
+    monkeypatch.setattr(blocks, "read_shard", broken)
     with pytest.raises(MemoryError):
         open_cache(tiny_cache, in_memory=True)
 

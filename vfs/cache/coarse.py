@@ -34,8 +34,9 @@ import numpy as np
 import torch
 import zarr
 
+from vfs.cache.blocks import BlockReader
 from vfs.cache.format import block_count, block_key, compressors, stored_size, timestamp
-from vfs.cache.reader import BlockReader, FeatureCache, open_cache
+from vfs.cache.reader import FeatureCache, open_cache
 from vfs.errors import CacheError, CacheIncompleteError, CacheMismatchError
 
 SCHEMA = 1
