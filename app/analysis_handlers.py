@@ -110,6 +110,25 @@ def _image_key(outcome: Outcome, index: int | None) -> tuple:
     return ("query", hashlib.sha1(np.ascontiguousarray(outcome.query.image).tobytes()).hexdigest())
 
 
+def shown_for(library: CacheLibrary, outcome: Outcome | None, shown: Shown | None) -> Shown:
+    """`shown` when it shows `outcome` (the last search), else that search's images made now.
+
+    The tab's `shown` is refreshed after each search finishes, which takes a moment (a second layer's
+    features); an action taken in that moment still answers for the search just run, never for an
+    older one, and never says "run a search first" after one.
+    """
+    outcome = _need(outcome)
+    if shown is not None and _shows(shown, outcome):
+        return shown
+    return shown_images(library, outcome)
+
+
+def _shows(shown: Shown, outcome: Outcome) -> bool:
+    results = [match.index for match in outcome.matches[: len(shown.indices) - 1]]
+    return (shown.cache_key == outcome.query.cache_key and shown.indices == [outcome.query.index, *results]
+            and np.array_equal(shown.features[0], np.asarray(outcome.features, dtype=np.float32)))
+
+
 def with_second_layer(library: CacheLibrary, outcome: Outcome | None, shown: Shown, layer: str | None) -> Shown:
     """`shown` with its images' features at `layer` of the cache's model too (`None` drops the second
     layer). Dataset images are read as the library has them (originals, else thumbnails); each image's

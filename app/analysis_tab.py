@@ -204,15 +204,13 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
         return analysis.overlay_images(current, 0, row, col), (row, col)
 
     @readable
-    def explain(current, result_rank, how):
-        if current is None:
-            raise gr.Error("nothing to explain yet: run a search first")
+    def explain(outcome, current, result_rank, how):
+        current = analysis.shown_for(library, outcome, current)  # the last search's, even mid-refresh
         return analysis.why_images(current, int(result_rank), pooling=how)
 
     @readable
-    def factorize_shown(current, k, how):
-        if current is None:
-            raise gr.Error("nothing to factorize yet: run a search first")
+    def factorize_shown(outcome, current, k, how):
+        current = analysis.shown_for(library, outcome, current)
         return analysis.factor_images(current, k=int(k), negatives=how)
 
     @readable
@@ -231,8 +229,8 @@ def build_analysis_tab(ctx: AnalysisContext) -> None:
     second.input(relayer, [ctx.results, shown, second, cell], [shown, overlays, clicked], api_name=False,
                  **on_message)
     query_view.select(click, [shown], [clicked, cell], api_name=False, **on_message)
-    why_button.click(explain, [shown, rank, pooling], [why_query, why_result, why_text], api_name="why", **on_message)
-    nmf_button.click(factorize_shown, [shown, components, negatives], [factors, factors_text], api_name=False,
+    why_button.click(explain, [ctx.results, shown, rank, pooling], [why_query, why_result, why_text], api_name="why", **on_message)
+    nmf_button.click(factorize_shown, [ctx.results, shown, components, negatives], [factors, factors_text], api_name=False,
                      **on_message)
     rerank_button.click(rerank, [ctx.results, rerank_pooling], [reranked], api_name="rerank_region", **on_message)
     sensitivity_button.click(chart, [ctx.results, cell, kind], [sensitivity_plot, sensitivity_text], api_name=False,

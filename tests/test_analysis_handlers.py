@@ -82,6 +82,24 @@ def test_shown_images_are_the_query_then_its_results(setup):
         analysis.shown_images(library, None)
 
 
+def test_shown_for_answers_for_the_last_search_even_before_the_tab_refreshed(setup):
+    """An action right after a search (the tab's `shown` still None, or still the previous search's)
+    works on that search; a `shown` made for it is reused."""
+    from dataclasses import replace
+
+    library, outcome = setup
+    made = analysis.shown_for(library, outcome, None)  # the refresh has not finished: made now
+    assert made.indices == analysis.shown_images(library, outcome).indices
+    assert analysis.shown_for(library, outcome, made) is made
+    other = replace(outcome, matches=outcome.matches[::-1])  # another search: the old `shown` is not reused
+    again = analysis.shown_for(library, other, made)
+    assert again is not made and again.indices == [0] + [m.index for m in other.matches[:5]]
+    query = np.asarray(outcome.features) + 1  # the same images, another query's features
+    assert analysis.shown_for(library, replace(outcome, features=query), made) is not made
+    with pytest.raises(SearchError, match="press Search"):
+        analysis.shown_for(library, None, made)
+
+
 def decode(page: str) -> dict:
     return json.loads(html.unescape(re.search(r'data-payload="([^"]*)"', page).group(1)))
 
