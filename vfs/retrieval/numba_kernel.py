@@ -139,7 +139,7 @@ if AVAILABLE:
             else:
                 out[p] = np.float32(0.0)
 
-    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+    @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)  # other threads (the app's) run meanwhile
     def _score_block(features, half, channels_last, columns, positions, square_weights, sq_norms, out):
         grid_positions, channels = sq_norms.shape[1], columns.shape[1]
         for n in numba.prange(features.shape[0]):
@@ -190,7 +190,7 @@ def fused_best_scores(features: np.ndarray, *, channels_last: bool, columns: np.
     """Each image's best window cosine into `out` (n,): `fused_scores` then a max, with no (n, P) array.
 
     Arguments as for `fused_scores`. One parallel region over all n images (two-stage search's scan
-    of a whole coarse index), which runs without the GIL.
+    of a whole coarse index). Both kernels run without the GIL.
     """
     with _LOCK:
         previous = numba.set_parallel_chunksize(1)  # parts of CHUNK_IMAGES images, taken as threads free up
