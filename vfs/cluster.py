@@ -38,7 +38,7 @@ def connect(scheduler: str | Any, *, timeout: float = CONNECT_TIMEOUT) -> Any:
         except ImportError as error:
             raise ClusterError("using a Dask cluster needs `distributed`: pip install 'dask[distributed]'") from error
         try:
-            client = Client(address, timeout=timeout, set_as_default=False)
+            client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]  # unannotated __init__
         except (OSError, TimeoutError, ValueError, TypeError) as error:
             raise ClusterError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
                                f"({type(error).__name__}: {error}); check the address (tcp://HOST:8786) "
@@ -60,7 +60,8 @@ def use_worker_threads() -> None:
     try:
         import numba
 
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        # numba.config sets its NUMBA_* names inside a method (globals()[name] = value): mypy cannot see them
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     except ImportError:
         pass
 

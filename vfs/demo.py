@@ -14,6 +14,7 @@ pixel box (top, left, bottom, right) on the original photo.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from vfs.errors import DatasetError, ModelError, positive_int
 
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     box_to_grid(box, size, (loaded.preprocess.crop,) * 2, preprocess=loaded.preprocess)  # a bad box fails before the work
     print(f"{loaded.name} ({loaded.weights_id}), layer {layer}: extracting {len(items)} photos ...", flush=True)
     features = FeatureExtractor(loaded.module, layer, preprocess=loaded.preprocess)([item.image for item in items])
-    grid = tuple(features.shape[-2:])  # (h, w)
+    grid = (features.shape[-2], features.shape[-1])  # (h, w)
     weights = box_to_grid(box, size, grid, preprocess=loaded.preprocess)  # (h, w)
     exclude = None if args.include_query else [query_index]
     matches = search(features[query_index], weights, features, k=args.k, exclude=exclude)
@@ -88,5 +89,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(box) -> str:
+def _fmt(box: Sequence[float]) -> str:
     return "(" + ",".join(f"{value:.0f}" for value in box) + ")"

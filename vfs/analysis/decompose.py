@@ -28,7 +28,7 @@ import torch
 
 from vfs.errors import NAMED, NonFiniteError, SearchError
 from vfs.retrieval.checks import check_count, check_indices
-from vfs.source import ZERO_NORM, as_tensor
+from vfs.source import ZERO_NORM, Array, Indices, Source, as_tensor
 
 POOLINGS = ("avg", "max")
 
@@ -50,7 +50,7 @@ class RegionMatch:
     similarity: float  # cosine of the whole pooled embeddings (the score of the full map)
 
 
-def _as_float64(features, dims: str, name: str) -> torch.Tensor:
+def _as_float64(features: Array, dims: str, name: str) -> torch.Tensor:
     """Features as a float64 CPU tensor (the maps must sum to the score up to float64 rounding)."""
     return as_tensor(features, dims=dims, name=name).to("cpu", torch.float64)
 
@@ -82,7 +82,7 @@ def surrogate(features: torch.Tensor, *, pooling: str = "avg") -> torch.Tensor:
     return torch.where(at_peak, features / ties, torch.zeros_like(features))  # (C, H, W)
 
 
-def decompose(features_a, features_b, *, pooling: str = "avg") -> Decomposition:
+def decompose(features_a: Array, features_b: Array, *, pooling: str = "avg") -> Decomposition:
     """Split the cosine of the pooled embeddings of A `(C, H, W)` and B `(C, H', W')` over their cells.
 
     Returns `(map_a (H, W), map_b (H', W'), score)`; each map sums to `score`.
@@ -103,13 +103,13 @@ def decompose(features_a, features_b, *, pooling: str = "avg") -> Decomposition:
 
 
 def rerank_region(
-    query,
-    weights,
-    source,
+    query: Array,
+    weights: Array,
+    source: Source,
     *,
     pooling: str = "avg",
     k: int = 10,
-    exclude=None,
+    exclude: Indices | None = None,
     block: int = 256,
 ) -> list[RegionMatch]:
     """Rank the images of `source` by the query's decomposition map summed inside a sub-region.

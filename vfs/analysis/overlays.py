@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vfs.errors import SearchError
-from vfs.source import ZERO_NORM, as_tensor
+from vfs.source import ZERO_NORM, Array, as_tensor
 
 # One color per NMF component (tab10's first colors, as RGB in [0, 1]).
 PALETTE: tuple[tuple[float, float, float], ...] = (
@@ -41,7 +41,7 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
 )
 
 
-def _as_features(features) -> torch.Tensor:
+def _as_features(features: object) -> torch.Tensor:
     """Any array-like `(N, C, H, W)` as a float32 CPU tensor."""
     tensor = as_tensor(features, dims="(N, C, H, W)", hint="stack the images' feature maps along a first dimension")
     return tensor.to("cpu", torch.float32)
@@ -63,7 +63,7 @@ def _unit(features: torch.Tensor) -> torch.Tensor:
     return features / norms.clamp_min(ZERO_NORM)  # (N, C, H, W)
 
 
-def similarity_grids(features, image_index: int, row: int, col: int) -> np.ndarray:
+def similarity_grids(features: Array, image_index: int, row: int, col: int) -> np.ndarray:
     """Cosine similarity of every cell of `features` to the cell `(row, col)` of image `image_index`.
 
     `features` is `(N, C, H, W)` (tensor or array). Returns `(N, H, W)` float32 in [-1, 1];
@@ -77,7 +77,7 @@ def similarity_grids(features, image_index: int, row: int, col: int) -> np.ndarr
     return grids.clamp(-1.0, 1.0).numpy()
 
 
-def all_similarity_grids(features, image_index: int) -> np.ndarray:
+def all_similarity_grids(features: Array, image_index: int) -> np.ndarray:
     """`similarity_grids` for every cell of image `image_index` at once, for a hover UI.
 
     Returns `(H*W, N, H, W)` float32: entry `[row * W + col]` is the overlay for pointing at
@@ -113,7 +113,7 @@ def layer_similarity_grids(
     grids = {}
     for layer, features in features_by_layer.items():
         features = _as_features(features)
-        r, c = map_cell(row, col, grid, tuple(features.shape[-2:]))
+        r, c = map_cell(row, col, grid, (features.shape[-2], features.shape[-1]))
         grids[layer] = similarity_grids(features, image_index, r, c)
     return grids
 
@@ -128,7 +128,7 @@ class Factors:
     negatives: str  # how negative activations were made non-negative: "clip" or "shift"
 
 
-def factorize(features, *, k: int = 4, negatives: str = "clip", seed: int = 0, max_iter: int = 500) -> Factors:
+def factorize(features: Array, *, k: int = 4, negatives: str = "clip", seed: int = 0, max_iter: int = 500) -> Factors:
     """Non-negative matrix factorization of the `(N*H*W, C)` matrix of feature vectors.
 
     NMF needs non-negative input. Post-ReLU layers already are; for layers without a final

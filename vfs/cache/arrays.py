@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import zarr
 
-from vfs.cache.build import _finish, _open_or_create, _versions
+from vfs.cache.build import _array, _finish, _open_or_create, _versions
 from vfs.cache.format import SCHEMA, SHARD, SHARDED, CacheMeta, block_key, stored_size, timestamp
 from vfs.cache.shard_file import write_shard
 
@@ -31,7 +32,7 @@ def write_cache(blocks: Iterable[np.ndarray], out: str | Path, *, count: int, gr
     meta = CacheMeta(
         schema=SCHEMA, model=name, weights_id=name, layer=name,
         preprocess={"size": 1, "crop": 1, "mean": [0.0] * 3, "std": [1.0] * 3},  # no pixels: each image is 1x1
-        input_size=1, grid=tuple(grid), channels=channels, dtype=dtype, count=count, shard_size=shard_size,
+        input_size=1, grid=cast("tuple[int, int]", tuple(grid)), channels=channels, dtype=dtype, count=count, shard_size=shard_size,
         batch_size=shard_size, codec=codec, checksum=True, thumbnail=1, dataset=name, dataset_fingerprint=name,
         label_names=(), arrays=("features", "thumbnails", "sq_norms", "labels", "image_sizes", "ids"),
         versions=_versions(), created=now, finished=None, status="building")
@@ -55,10 +56,10 @@ def write_cache(blocks: Iterable[np.ndarray], out: str | Path, *, count: int, gr
                 "ids": np.array([f"{i:08d}" for i in range(start, start + n)], dtype=object),
             }
             for array in meta.arrays:
-                if array not in SHARDED or not write_shard(group[array], block, values[array]):
-                    group[array][start:start + n] = values[array]
-            sizes = [stored_size(group.store, block_key(group[array], block)) or 0 for array in meta.arrays]
-            group["progress"][block] = np.array(sizes, dtype=np.int64)
+                if array not in SHARDED or not write_shard(_array(group, array), block, values[array]):
+                    _array(group, array)[start:start + n] = values[array]
+            sizes = [stored_size(group.store, block_key(_array(group, array), block)) or 0 for array in meta.arrays]
+            _array(group, "progress")[block] = np.array(sizes, dtype=np.int64)
             start += n
         if start != count:
             raise ValueError(f"the blocks held {start} images, count says {count}")

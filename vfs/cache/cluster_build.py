@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import zarr
@@ -63,13 +63,13 @@ def build_on_cluster(job: BuildJob, blocks: list[int], *, scheduler: Any, report
     futures = [client.submit(build_block, shared, block, pure=False, key=f"vfs-build-{meta.dataset_fingerprint[:8]}-{block}")
                for block in blocks]
     try:
-        for future in as_completed(futures):
+        for future in as_completed(futures):  # type: ignore[no-untyped-call]  # unannotated __init__
             reporter.advance(future.result())  # a worker's error is raised here, naming the worker
     finally:
         client.cancel(futures)
 
 
-_LOADED: dict[tuple, Any] = {}  # per worker process: (model, layer, batch, device) -> extractor; ("dataset", spec, fingerprint) -> dataset
+_LOADED: dict[tuple[str | int, ...], Any] = {}  # per worker process: (model, layer, batch, device) -> extractor; ("dataset", spec, fingerprint) -> dataset
 _LOCK = threading.Lock()
 
 
@@ -79,7 +79,7 @@ def build_block(job: BuildJob, block: int) -> int:
     where = worker_address()
     try:
         group = zarr.open_group(DurableStore(job.out), mode="r+")  # synced, then renamed, as a local build
-        meta = CacheMeta.from_attrs(group.attrs["vfs_cache"])
+        meta = CacheMeta.from_attrs(cast("dict[str, Any]", group.attrs["vfs_cache"]))  # the JSON the client wrote
     except (OSError, KeyError, ValueError) as error:
         raise CacheError(f"worker {where} cannot open the cache being built at {job.out} ({type(error).__name__}: "
                          f"{error}); build into a folder that every worker sees at the same path (a shared "
@@ -90,7 +90,9 @@ def build_block(job: BuildJob, block: int) -> int:
                                  f"started with {meta.weights_id!r}: give every worker the same weights file")
     data = _dataset(job.dataset, where, meta.dataset_fingerprint)
     with torch.inference_mode():
-        items, images, thumbnails = block_inputs(data, meta, job.preprocess, block, batch_size=job.batch_size)
+        inputs = block_inputs(data, meta, job.preprocess, block, batch_size=job.batch_size)
+        assert inputs is not None  # None only when a `stop` event is set, and none is given here
+        items, images, thumbnails = inputs
         features = _extract(extractor, images, meta.dtype, first=block * meta.shard_size, reporter=None)  # (n, H, W, C)
     with zarr.config.set({"array.write_empty_chunks": True}):
         _write_block(group, meta, block, items, features, thumbnails)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
@@ -33,7 +34,7 @@ LOCK = ".vfs-build.lock"  # inside the cache folder; holds who builds it, for th
 FSYNC = True  # sync file data and folder entries (bench/durable.py switches it off to measure the cost)
 
 
-def durable_write(path: Path, data: bytes | memoryview) -> None:
+def durable_write(path: Path, data: bytes | bytearray | memoryview) -> None:
     """Write `data` to `path` atomically and durably (temporary file, fsync, rename, fsync of the folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
@@ -104,7 +105,7 @@ def build_lock(folder: Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
-def _same_file(path: Path, handle) -> bool:
+def _same_file(path: Path, handle: TextIO) -> bool:
     """Whether `path` still names the file `handle` has open."""
     try:
         return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
