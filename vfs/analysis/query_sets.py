@@ -14,13 +14,21 @@ differ from the cache's is refused, since its features would not be comparable.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from vfs.errors import ModelError, VFSError
+from vfs.source import Source
+
+if TYPE_CHECKING:
+    from vfs.cache.format import CacheMeta
+    from vfs.cache.reader import FeatureCache
+    from vfs.models.loading import LoadedModel
+    from vfs.models.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -28,19 +36,20 @@ class QuerySet:
     """The query images of an experiment, with what the metrics need to know about them."""
 
     name: str  # "the searched cache", a cache path or a dataset spec
-    features: Any  # (M, C, H, W) source of query features: the searched cache, another cache, or an array
+    features: Source  # (M, C, H, W) source of query features: the searched cache, another cache, or an array
     indices: np.ndarray  # (Q,) int64, the chosen queries: indices into `features`
     labels: np.ndarray  # (M,) int64, in the searched cache's label numbering; -2 for a name it lacks
-    boxes: list | None  # M entries of (k, 4) boxes (top, left, bottom, right), original pixels; None if none
+    boxes: list[np.ndarray] | None  # M entries of (k, 4) boxes (top, left, bottom, right), original pixels; None if none
     image_sizes: np.ndarray  # (M, 2) int, original (height, width)
     domains: list[str] | None  # M domains, None if the set has none
     own: bool  # the queries are images of the searched cache (each excluded from its own results)
 
-    def options(self, *, use_boxes: bool, preprocess) -> dict:
+    def options(self, *, use_boxes: bool, preprocess: Preprocess | None) -> dict[str, Any]:
         """Keyword arguments of the `vfs.analysis.metrics` functions for these queries."""
-        found = {} if self.own else {"query_source": self.features}
+        found: dict[str, Any] = {} if self.own else {"query_source": self.features}
         if use_boxes:
-            found |= {"boxes": [self.boxes[q][0] for q in self.indices], "image_sizes": self.image_sizes,
+            boxes = cast("list[np.ndarray]", self.boxes)  # a set opened with need_boxes has them (`_chosen`)
+            found |= {"boxes": [boxes[q][0] for q in self.indices], "image_sizes": self.image_sizes,
                       "preprocess": preprocess}
         return found
 
@@ -52,7 +61,7 @@ def choose_queries(count: int, queries: int, *, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=queries, replace=False)).astype(np.int64)
 
 
-def open_query_set(given: str, cache, *, count: int, seed: int, need_boxes: bool,
+def open_query_set(given: str, cache: FeatureCache, *, count: int, seed: int, need_boxes: bool,
                    model_args: argparse.Namespace | None = None) -> QuerySet:
     """The queries `given` (an image count, a cache path or a dataset spec) for searching `cache`."""
     if given.strip().isdigit():
@@ -84,7 +93,8 @@ def _chosen(found: QuerySet, count: int, seed: int, need_boxes: bool) -> QuerySe
                     found.domains, found.own)
 
 
-def _from_spec(spec: str, cache, *, count: int, seed: int, need_boxes: bool, model_args) -> QuerySet:
+def _from_spec(spec: str, cache: FeatureCache, *, count: int, seed: int, need_boxes: bool,
+               model_args: argparse.Namespace | None) -> QuerySet:
     """Queries from a dataset spec: choose them, then extract only their features with the cache's model."""
     import torch
 
@@ -94,7 +104,7 @@ def _from_spec(spec: str, cache, *, count: int, seed: int, need_boxes: bool, mod
     data = open_dataset(spec)
     items = [data[i] for i in range(len(data))] if need_boxes else None
     pool = np.arange(len(data), dtype=np.int64)
-    if need_boxes:
+    if items is not None:  # need_boxes: keep the images that have a box
         pool = pool[[item.boxes is not None and len(item.boxes) > 0 for item in items]]
         if len(pool) == 0:
             raise VFSError(f"no image of {spec} has a box: take queries from a dataset with boxes")
@@ -102,8 +112,8 @@ def _from_spec(spec: str, cache, *, count: int, seed: int, need_boxes: bool, mod
     picked = [items[i] for i in chosen] if items is not None else [data[int(i)] for i in chosen]
     model = model_for_cache(cache.meta, model_args)
     extractor = FeatureExtractor(model.module, cache.meta.layer, preprocess=cache.meta.make_preprocess())
-    features = extractor([item.image for item in picked])  # (Q, C, H, W) float32
-    features = features.to(getattr(torch, cache.meta.dtype)).float().numpy()  # rounded as the cache stores them
+    extracted = extractor([item.image for item in picked])  # (Q, C, H, W) float32
+    features = extracted.to(getattr(torch, cache.meta.dtype)).float().numpy()  # rounded as the cache stores them
     labels = _relabel(np.array([item.label for item in picked], np.int64), data.label_names, cache.label_names)
     boxes = [np.zeros((0, 4), np.float32) if item.boxes is None else item.boxes for item in picked]
     sizes = np.array([[item.image.height, item.image.width] for item in picked], dtype=np.int64)
@@ -112,13 +122,13 @@ def _from_spec(spec: str, cache, *, count: int, seed: int, need_boxes: bool, mod
                     boxes if data.has_boxes else None, sizes, domains, False)
 
 
-def model_for_cache(meta, model_args: argparse.Namespace | None):
+def model_for_cache(meta: CacheMeta, model_args: argparse.Namespace | None) -> LoadedModel:
     """The model that built the cache of `meta`: the command line's if its weights match, else the
     cache's own model by name (or `pkg.module:factory`) with its usual weights."""
     from vfs.models.arguments import load_factory, model_from_arguments
     from vfs.models.loading import load_model
 
-    tried = []
+    tried: list[str] = []
     if model_args is not None and (model_args.model is not None or model_args.module is not None):
         loaded = model_from_arguments(model_args)
         if loaded.weights_id == meta.weights_id:
@@ -140,7 +150,7 @@ def model_for_cache(meta, model_args: argparse.Namespace | None):
                      "cache with that model and pass its path")
 
 
-def _check_same_features(meta, searched, where: str) -> None:
+def _check_same_features(meta: CacheMeta, searched: CacheMeta, where: str) -> None:
     keys = ("model", "weights_id", "layer", "input_size", "grid", "channels", "preprocess")
     differ = [f"{k}: {getattr(meta, k)!r} vs {getattr(searched, k)!r}" for k in keys
               if getattr(meta, k) != getattr(searched, k)]
@@ -149,7 +159,7 @@ def _check_same_features(meta, searched, where: str) -> None:
                        "index both with the same model, weights, layer and input size")
 
 
-def _relabel(labels: np.ndarray, names, target_names) -> np.ndarray:
+def _relabel(labels: np.ndarray, names: Sequence[str], target_names: Sequence[str]) -> np.ndarray:
     """Labels of another set renumbered into `target_names` by name (-2 for a name not there, -1 unknown)."""
     if list(names) == list(target_names):
         return np.asarray(labels, np.int64)

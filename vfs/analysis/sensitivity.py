@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -100,8 +101,9 @@ def transform_sensitivity(
     """
     if (angles is None) == (scales is None):
         raise SearchError("give exactly one of angles=[...] (degrees) or scales=[...] (zoom factors)")
-    kind, steps = ("rotate", angles) if angles is not None else ("scale", scales)
-    steps = np.asarray(list(steps), dtype=np.float64)
+    kind, given = ("rotate", angles) if angles is not None else ("scale", scales)
+    assert given is not None  # the check above: exactly one of angles and scales is given
+    steps = np.asarray(list(given), dtype=np.float64)  # (T,)
     if steps.size == 0:
         raise SearchError(f"no {kind} steps given: pass e.g. angles=[-45, 0, 45] or scales=[0.5, 1, 2]")
     image = torch.as_tensor(image).to(torch.float32)
@@ -112,12 +114,12 @@ def transform_sensitivity(
     with torch.no_grad():
         parts = [torch.as_tensor(extract(copies[i : i + batch])) for i in range(0, len(copies), batch)]
     features = torch.cat(parts).detach().to("cpu", torch.float32)  # (1+T, C, h, w)
-    grid = tuple(features.shape[-2:])
+    grid = cast("tuple[int, int]", tuple(features.shape[-2:]))  # (h, w); similarity_grids checks it is 4-D
     grids = similarity_grids(features, 0, row, col)[1:]  # (T, h, w)
     cells = np.full((len(steps), 2), -1, dtype=np.int64)
     similarities = np.full(len(steps), np.nan, dtype=np.float32)
     for t, transform in enumerate(transforms):
-        cell = transformed_cell(row, col, grid, image_size=tuple(image.shape[-2:]), **transform)
+        cell = transformed_cell(row, col, grid, image_size=(image.shape[-2], image.shape[-1]), **transform)
         if cell is not None:
             cells[t] = cell
             similarities[t] = grids[t, cell[0], cell[1]]

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import zarr
 from crc32c import crc32c
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import LocalStore
 
 from vfs.cache.durable import durable_write
@@ -29,7 +31,7 @@ INDEX_ENTRY = 16  # bytes per chunk in a shard's index: offset and length, two u
 INDEX_CHECKSUM = 4  # the index's own crc32c at its end
 
 
-def local_layout(array: zarr.Array) -> tuple[Path, bool, bool] | None:
+def local_layout(array: zarr.Array[Any]) -> tuple[Path, bool, bool] | None:
     """(folder the array's keys live under, blosc?, crc32c?) when the fast path applies, else None."""
     store = array.store
     codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
@@ -43,7 +45,8 @@ def local_layout(array: zarr.Array) -> tuple[Path, bool, bool] | None:
     if inner not in ([BytesCodec], [BytesCodec, Crc32cCodec], [BytesCodec, BloscCodec],
                      [BytesCodec, BloscCodec, Crc32cCodec]):
         return None
-    if sharding.codecs[0].endian is not None and sharding.codecs[0].endian.value != "little":
+    first = cast(BytesCodec, sharding.codecs[0])  # `inner` starts with it (checked above)
+    if first.endian is not None and first.endian.value != "little":
         return None
     if tuple(sharding.chunk_shape) != (1, *array.shape[1:]):  # one image per chunk
         return None
@@ -86,7 +89,7 @@ def _decode_chunk(chunk: bytes | memoryview, row: int, *, size: int, compressed:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
-def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
+def write_shard(array: zarr.Array[Any], block: int, values: np.ndarray) -> bool:
     """Encode `values` (rows, ...) as block `block`'s shard file of a local `array` and write it atomically.
 
     The bytes are what zarr writes for the same data (chunks in order, index at the end); returns False
@@ -96,18 +99,20 @@ def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
     if layout is None:
         return False
     folder, compressed, checksum = layout
-    sharding = array.metadata.codecs[0]
+    # local_layout found a zarr v3 array whose one codec is sharding, its inner codecs bytes, [blosc], [crc32c]
+    sharding = cast(ShardingCodec, cast(ArrayV3Metadata, array.metadata).codecs[0])
     compressor = None
     if compressed:
-        codec = sharding.codecs[1]
+        codec = cast(BloscCodec, sharding.codecs[1])
         shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
         compressor = blosc.Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle,
                                  blocksize=codec.blocksize, typesize=codec.typesize)
-    per_shard = array.shards[0]
+    per_shard = cast("tuple[int, ...]", array.shards)[0]  # sharded: never None here
     rows = np.ascontiguousarray(values, dtype=np.dtype(array.dtype).newbyteorder("<"))
     rows = rows.reshape(len(values), -1)  # (rows, values per chunk)
     index = np.full((per_shard, 2), EMPTY, dtype="<u8")  # (offset, length) per chunk
-    parts, offset = [], 0
+    parts: list[bytes] = []
+    offset = 0
     for row, chunk in enumerate(rows):
         payload = chunk.tobytes() if compressor is None else bytes(compressor.encode(chunk))
         if checksum:
@@ -123,7 +128,7 @@ def write_shard(array: zarr.Array, block: int, values: np.ndarray) -> bool:
     return True
 
 
-def read_index(file, *, per_shard: int) -> np.ndarray:
+def read_index(file: BinaryIO, *, per_shard: int) -> np.ndarray:
     """The (offset, length) of every chunk of an open shard file, its checksum verified: (per_shard, 2) uint64."""
     index_size = per_shard * INDEX_ENTRY + INDEX_CHECKSUM
     size = os.fstat(file.fileno()).st_size
@@ -135,7 +140,7 @@ def read_index(file, *, per_shard: int) -> np.ndarray:
     return np.frombuffer(data[:-4], dtype="<u8").reshape(per_shard, 2)
 
 
-def read_rows(file, index: np.ndarray, rows: np.ndarray, *, row_shape: tuple[int, ...], dtype: np.dtype,
+def read_rows(file: BinaryIO, index: np.ndarray, rows: np.ndarray, *, row_shape: tuple[int, ...], dtype: np.dtype,
               compressed: bool, checksum: bool = True) -> np.ndarray:
     """Only the chunks of `rows` (positions in the shard, one image each) of an open shard file: (n, *row_shape).
 
