@@ -103,7 +103,7 @@ def _check_query_source(source, query_source):
 
 
 def neighbours(
-    source, queries: Sequence[int], *, k: int = 5, boxes=None, image_sizes=None, preprocess=None, block=None,
+    source, queries: Sequence[int] | np.ndarray, *, k: int = 5, boxes=None, image_sizes=None, preprocess=None, block=None,
     query_source=None,
 ) -> Neighbours:
     """Run `vfs.search` for every query and stack the top `k`. A query is an image of `source` (itself
@@ -221,7 +221,7 @@ def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list
 
 
 def domain_neighbours(
-    source, queries: Sequence[int], domains: Sequence[str], *, k: int = 3, boxes=None, image_sizes=None,
+    source, queries: Sequence[int] | np.ndarray, domains: Sequence[str], *, k: int = 3, boxes=None, image_sizes=None,
     preprocess=None, block=None, query_source=None,
 ) -> Neighbours:
     """The top k over distinct domains: for each query (itself excluded unless it comes from another
@@ -278,7 +278,7 @@ class LabelScores:
 
 
 def label_scores(
-    source, queries: Sequence[int], labels: np.ndarray, *, boxes=None, image_sizes=None, preprocess=None, block=None,
+    source, queries: Sequence[int] | np.ndarray, labels: np.ndarray, *, boxes=None, image_sizes=None, preprocess=None, block=None,
     query_source=None, query_labels: np.ndarray | None = None,
 ) -> LabelScores:
     """Score distributions by label: `best_windows` of each query over the whole source (the query

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,13 +33,18 @@ from vfs.analysis.statistics import clustered_auroc, estimate
 from vfs.analysis.tables import format_table, markdown_table, write_json
 from vfs.errors import VFSError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def features_name(cache) -> str:
+    from vfs.cache.reader import FeatureCache
+
+
+def features_name(cache: FeatureCache) -> str:
     """A short name of a cache's features: model, layer."""
     return f"{cache.meta.model} {cache.meta.layer}"
 
 
-def run_v1_fig6(args: argparse.Namespace) -> dict:
+def run_v1_fig6(args: argparse.Namespace) -> dict[str, Any]:
     """Distinct classes in each cache's top k (whole images unless --boxes) and images shared with the first."""
     caches = [open_cache(path) for path in args.caches]
     check_same_dataset(caches)
@@ -60,7 +66,7 @@ def run_v1_fig6(args: argparse.Namespace) -> dict:
             "note": f"reference: {rows[0]['features']}; queries from {sets[0].name}", "k": k}
 
 
-def run_v1_fig8(args: argparse.Namespace) -> dict:
+def run_v1_fig8(args: argparse.Namespace) -> dict[str, Any]:
     """IoU of each cache's matched windows with the matched images' boxes, by query box area."""
     caches = [open_cache(path) for path in args.caches]
     rows, notes = [], []
@@ -75,7 +81,7 @@ def run_v1_fig8(args: argparse.Namespace) -> dict:
     return {"rows": rows, "columns": columns, "note": "\n".join(notes), "k": args.k, "bin_by": args.bin_by}
 
 
-def run_v2_fig2b(args: argparse.Namespace) -> dict:
+def run_v2_fig2b(args: argparse.Namespace) -> dict[str, Any]:
     """Scores at each rank of the top k overall and of the top k over distinct domains (one image per domain)."""
     rows, k = [], args.k
     for i, path in enumerate(args.caches):
@@ -102,7 +108,7 @@ def run_v2_fig2b(args: argparse.Namespace) -> dict:
     return {"rows": rows, "columns": columns, "k": k}
 
 
-def run_v2_fig3(args: argparse.Namespace) -> dict:
+def run_v2_fig3(args: argparse.Namespace) -> dict[str, Any]:
     """Every image's best score for a region query (the query's box) and for the whole query image, split
     by whether the image has the query's label; AUROC of "score predicts same label" for each."""
     cache = open_cache(args.caches[0])
@@ -135,8 +141,8 @@ class Protocol:
 
     name: str  # command name, e.g. "v1-fig6"
     help: str  # one line for --help
-    compute: Callable[[argparse.Namespace], dict]  # args -> result (rows, columns, note, plot data)
-    plot: Callable[[dict, str], object]  # (result, title) -> matplotlib figure
+    compute: Callable[[argparse.Namespace], dict[str, Any]]  # args -> result (rows, columns, note, plot data)
+    plot: Callable[[dict[str, Any], str], Figure]  # (result, title) -> matplotlib figure
 
     def run(self, args: argparse.Namespace) -> int:
         """Compute, print the table, write NAME.md, NAME.json and NAME.png under `args.out`."""

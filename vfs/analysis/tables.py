@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vfs.analysis.statistics import estimate
 
 
-def label_name(names, label: int) -> str:
+def label_name(names: Sequence[str], label: int) -> str:
     return names[label] if 0 <= label < len(names) else str(label)
 
 
-def per_label(names, labels: np.ndarray, values: dict[str, np.ndarray]) -> list[dict]:
+def per_label(names: Sequence[str], labels: np.ndarray, values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """One row per query label (each value's mean ± se over that label's queries), then an "all" row."""
     labels = np.asarray(labels)
     rows = []
@@ -33,7 +35,7 @@ def per_label(names, labels: np.ndarray, values: dict[str, np.ndarray]) -> list[
     return rows
 
 
-def _cell(row: dict, column: str) -> str:
+def _cell(row: dict[str, Any], column: str) -> str:
     value = row.get(column, "")
     if isinstance(value, float):
         se = row.get(f"{column} se")
@@ -43,7 +45,7 @@ def _cell(row: dict, column: str) -> str:
     return str(value)
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Rows of dicts as an aligned plain-text table (floats with 3 decimals, `mean ± se` where known)."""
     text = [[_cell(row, c) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
@@ -52,20 +54,21 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """The same table in Markdown."""
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(_cell(row, c) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def write_json(path: Path, record: dict) -> None:
+def write_json(path: Path, record: dict[str, Any]) -> None:
     """`record` as indented JSON (NaN written as null), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_plain(record), indent=1, default=str))
 
 
-def _plain(value):
+def _plain(value: object) -> object:
+    """`value` with NaN as None and numpy values as Python ones, for JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
