@@ -37,8 +37,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from vfs.cache.build import build_cache
+from vfs.cache.progress import Progress
 from vfs.datasets import open_dataset
 from vfs.models.loading import DEFAULT_MODEL
 
@@ -59,6 +61,14 @@ DEFAULTS: dict[str, DefaultCache] = {  # built in this order
     "fashion-mnist-blocks3": DefaultCache("fashion-mnist:test", "blocks.3", 112, 112),
 }
 COMPARE_PAIR = ("fashion-mnist", "fashion-mnist-blocks3")  # what the Compare tab preselects (left, right)
+
+
+class _BuildOptions(TypedDict):
+    """The keyword arguments of `build_cache` that differ between the default caches."""
+
+    input_size: int
+    resize: int | None
+    progress: Progress
 
 
 def folder_name(spec: DefaultCache) -> str:
@@ -102,11 +112,14 @@ def ensure_default_caches(root: Path | None = None, *,
     for name in missing:
         spec = DEFAULTS[name]
 
-        def report(fraction: float, message: str, *, offset=before, share=sizes[name], name=name) -> None:
+        def report(fraction: float, message: str, *, offset: int = before, share: int = sizes[name],
+                   name: str = name) -> None:
             if progress is not None:
                 progress((offset + fraction * share) / total, f"{name}: {message}")
 
-        options = {"input_size": spec.input_size, "resize": spec.resize, "progress": report if progress else False}
+        assert model is not None  # loaded above, since a cache is missing
+        options: _BuildOptions = {"input_size": spec.input_size, "resize": spec.resize,
+                                  "progress": report if progress else False}
         try:
             build_cache(model, spec.layer, spec.dataset, paths[name], **options)
         except CacheMismatchError:  # built by another version of these defaults: the app owns it, replace it
