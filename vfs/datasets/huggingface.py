@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -55,7 +57,7 @@ def open_huggingface(argument: str) -> HuggingFaceDataset:
     return HuggingFaceDataset(data, spec=f"hf:{argument}", options=options, streaming=streaming)
 
 
-def _import_datasets():
+def _import_datasets() -> ModuleType:
     try:
         import datasets
     except ImportError as error:
@@ -64,7 +66,7 @@ def _import_datasets():
     return datasets
 
 
-def _load(datasets, name: str, split: str | None, options: dict) -> tuple[Any, bool]:
+def _load(datasets: ModuleType, name: str, split: str | None, options: dict[str, str]) -> tuple[Any, bool]:
     """(dataset, streaming): local data read whole (memory-mapped arrow), a Hub name streamed."""
     path = Path(name).expanduser()
     try:
@@ -84,7 +86,7 @@ def _load(datasets, name: str, split: str | None, options: dict) -> tuple[Any, b
                            "save_to_disk, parquet files, an image folder, or a Hub dataset name") from error
 
 
-def _pick_split(loaded, split: str | None, name: str):
+def _pick_split(loaded: Any, split: str | None, name: str) -> Any:
     if not hasattr(loaded, "keys"):  # a single Dataset
         return loaded
     splits = list(loaded.keys())
@@ -100,10 +102,11 @@ class HuggingFaceDataset(ImageDataset):
     def __init__(self, data: Any, *, spec: str, options: dict[str, str], streaming: bool):
         self.data, self.name, self.streaming = data, spec, streaming
         features = dict(data.features or {}) if data.features is not None else {}
-        self.image_column = options.get("image") or _first_image_column(features)
-        if self.image_column is None:
+        image_column = options.get("image") or _first_image_column(features)
+        if image_column is None:
             raise DatasetError(f"{spec}: no image column found among {', '.join(features) or 'its columns'}: "
                                "name it with ?image=COLUMN")
+        self.image_column: str = image_column
         self.label_column = options.get("label") or _guess_label(features)
         self.domain_column = options.get("domain") or ("domain" if "domain" in features else None)
         self.box_column = options.get("box") or next((c for c in BOX_GUESSES if _has_path(features, c)), None)
@@ -115,14 +118,15 @@ class HuggingFaceDataset(ImageDataset):
         self.label_names, self._label_codes = self._labels(features)
         self.has_domains, self.has_boxes = self.domain_column is not None, self.box_column is not None
         self._length = self._count()
-        self._iterator, self._position = None, 0
+        self._iterator: Iterator[dict[str, Any]] | None = None  # the stream, read up to row _position
+        self._position = 0
 
-    def _labels(self, features: dict) -> tuple[list[str], dict | None]:
+    def _labels(self, features: dict[str, Any]) -> tuple[list[str], dict[str, int] | None]:
         """Label names, and a value -> index map for labels that are not ClassLabel integers."""
         column = self.label_column
         if column is None:
             return [], None
-        feature = features.get(column)
+        feature: Any = features.get(column)  # a `datasets` feature type, or None
         if hasattr(feature, "names"):  # ClassLabel
             return list(feature.names), None
         if self.streaming:
@@ -143,7 +147,7 @@ class HuggingFaceDataset(ImageDataset):
     def __len__(self) -> int:
         return self._length
 
-    def _row(self, index: int) -> dict:
+    def _row(self, index: int) -> dict[str, Any]:
         if not self.streaming:
             return self.data[index]
         if self._iterator is None or index < self._position:  # streams read forward only: restart
@@ -179,14 +183,14 @@ class HuggingFaceDataset(ImageDataset):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _first_image_column(features: dict) -> str | None:
+def _first_image_column(features: dict[str, Any]) -> str | None:
     for name, feature in features.items():
         if type(feature).__name__ == "Image":
             return name
     return next((c for c in ("image", "img") if c in features), None)
 
 
-def _guess_label(features: dict) -> str | None:
+def _guess_label(features: dict[str, Any]) -> str | None:
     for name, feature in features.items():
         if hasattr(feature, "names") and type(feature).__name__ == "ClassLabel":
             return name
@@ -205,7 +209,7 @@ def _has_path(features: Any, path: str) -> bool:
     return True
 
 
-def _get(row: dict, path: str) -> Any:
+def _get(row: dict[str, Any], path: str) -> Any:
     """The value at a dotted `path`; a list of structs gives the list of that field."""
     value: Any = row
     for part in path.split("."):
