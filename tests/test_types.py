@@ -26,7 +26,7 @@ STRICT = ["vfs/__init__.py", "vfs/errors.py", "vfs/source.py", "vfs/masks.py", "
           "vfs/demo.py", "vfs/analysis/overlays.py", "vfs/cache/arrays.py", "vfs/analysis/sensitivity.py",
           "vfs/analysis/query_sets.py", "vfs/cache/shard_file.py", "vfs/analysis/protocols.py",
           "vfs/analysis/tables.py", "vfs/cache/defaults.py",
-          "vfs/datasets/huggingface.py"]
+          "vfs/datasets/huggingface.py", "vfs/analysis/figures.py", "vfs/analysis/experiment.py"]
 
 
 def test_mypy_strict_finds_nothing():

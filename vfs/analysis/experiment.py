@@ -23,7 +23,9 @@ first ground-truth box). Every mean is printed as `mean ± standard error`; the 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -33,6 +35,9 @@ from vfs.analysis.statistics import clustered_auroc, estimate
 from vfs.analysis.tables import format_table, label_name, per_label, write_json
 from vfs.errors import VFSError, positive_int
 
+if TYPE_CHECKING:
+    from vfs.cache.reader import FeatureCache
+
 __all__ = ["choose_queries", "experiment_command", "format_table"]
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -41,13 +46,13 @@ AREA_BINS = (0.0, 1000.0, 5000.0, 20000.0, float("inf"))  # VFS v1 Fig. 8: small
 SIZE_BINS = (0.0, 0.25, 0.5, 0.75, 1.01)
 
 
-def open_cache(path: str):
+def open_cache(path: str) -> FeatureCache:
     from vfs.cache.reader import open_cache as open_
 
     return open_(path)
 
 
-def queries_for(args, cache, *, position: int = 0, need_boxes: bool | None = None) -> QuerySet:
+def queries_for(args: argparse.Namespace, cache: FeatureCache, *, position: int = 0, need_boxes: bool | None = None) -> QuerySet:
     """The query set of `args.queries` for the searched cache at `position` (one value, or one per cache)."""
     values = args.queries
     if len(values) not in (1, len(args.caches)):
@@ -59,11 +64,11 @@ def queries_for(args, cache, *, position: int = 0, need_boxes: bool | None = Non
                           need_boxes=args.boxes if need_boxes is None else need_boxes, model_args=args)
 
 
-def search_options(queries: QuerySet, cache, *, boxes: bool) -> dict:
+def search_options(queries: QuerySet, cache: FeatureCache, *, boxes: bool) -> dict[str, Any]:
     return queries.options(use_boxes=boxes, preprocess=cache.meta.make_preprocess())
 
 
-def run_labels(args) -> dict:
+def run_labels(args: argparse.Namespace) -> dict[str, Any]:
     cache = open_cache(args.caches[0])
     qs = queries_for(args, cache)
     nb = metrics.neighbours(cache, qs.indices, k=args.k, **search_options(qs, cache, boxes=args.boxes))
@@ -76,7 +81,7 @@ def run_labels(args) -> dict:
             "queries_from": qs.name}
 
 
-def run_shared(args) -> dict:
+def run_shared(args: argparse.Namespace) -> dict[str, Any]:
     if len(args.caches) != 2:
         raise VFSError("shared compares two caches: python -m vfs experiment shared CACHE_A CACHE_B")
     a, b = open_cache(args.caches[0]), open_cache(args.caches[1])
@@ -91,7 +96,7 @@ def run_shared(args) -> dict:
             "histogram": np.bincount(shared, minlength=args.k + 1).tolist()}
 
 
-def check_same_dataset(caches: list) -> None:
+def check_same_dataset(caches: list[FeatureCache]) -> None:
     first = caches[0]
     for other in caches[1:]:
         if other.meta.dataset_fingerprint != first.meta.dataset_fingerprint:
@@ -99,22 +104,24 @@ def check_same_dataset(caches: list) -> None:
                            f"({first.meta.dataset} vs {other.meta.dataset}): compare caches of the same images")
 
 
-def iou_rows(cache, qs: QuerySet, *, k: int, bins, bin_by: str) -> dict:
+def iou_rows(cache: FeatureCache, qs: QuerySet, *, k: int, bins: Sequence[float] | None,
+             bin_by: str) -> dict[str, Any]:
     """Top-1 and top-k IoU of the matched windows by query box area (or relative size); misses count 0."""
     if cache.boxes is None:
         raise VFSError(f"{cache.where} has no ground-truth boxes: IoU needs a searched dataset with boxes")
     nb = metrics.neighbours(cache, qs.indices, k=k, **search_options(qs, cache, boxes=True))
-    ious = metrics.top_k_ious(nb, cache.boxes, cache.image_sizes, tuple(cache.meta.grid),
+    ious = metrics.top_k_ious(nb, cache.boxes, cache.image_sizes, cache.meta.grid,
                               preprocess=cache.meta.make_preprocess())  # (Q, k)
     misses = ~np.stack([metrics.matched_boxed(nb, cache.boxes, rank=r) for r in range(k)], axis=1)  # (Q, k)
     miss = misses[:, 0]  # (Q,)
-    first_boxes = [qs.boxes[q][0] for q in qs.indices]
+    boxes = cast("list[np.ndarray]", qs.boxes)  # a set opened with need_boxes has them (`_chosen`)
+    first_boxes = [boxes[q][0] for q in qs.indices]
     if bin_by == "area":
         keys = np.array([metrics.box_area(box) for box in first_boxes])
     else:
         keys = np.array([metrics.relative_box_size(box, qs.image_sizes[q]) for box, q in zip(first_boxes, qs.indices)])
     edges = list(bins) if bins else list(AREA_BINS if bin_by == "area" else SIZE_BINS)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for low, high in [*zip(edges[:-1], edges[1:]), (edges[0], edges[-1])]:
         inside = (keys >= low) & (keys < high)
         rows.append({"low": float(low), "high": float(high), "queries": int(inside.sum()),
@@ -130,7 +137,7 @@ def iou_rows(cache, qs: QuerySet, *, k: int, bins, bin_by: str) -> dict:
                      f"{int(misses.sum())} of {misses.size} top-{k} matches)")}
 
 
-def run_iou(args) -> dict:
+def run_iou(args: argparse.Namespace) -> dict[str, Any]:
     cache = open_cache(args.caches[0])
     if cache.boxes is None:
         raise VFSError(f"{cache.where} has no ground-truth boxes: IoU needs a searched dataset with boxes")
@@ -139,7 +146,7 @@ def run_iou(args) -> dict:
     return {key: result[key] for key in ("rows", "columns", "note")} | {"queries_from": qs.name}
 
 
-def run_domains(args) -> dict:
+def run_domains(args: argparse.Namespace) -> dict[str, Any]:
     cache = open_cache(args.caches[0])
     if cache.domains is None:
         raise VFSError(f"{cache.where} has no domains: build a cache of a dataset with domains")
@@ -155,7 +162,7 @@ def run_domains(args) -> dict:
     return {"rows": rows, "columns": ["label", "queries", *values], "queries_from": qs.name}
 
 
-def run_auroc(args) -> dict:
+def run_auroc(args: argparse.Namespace) -> dict[str, Any]:
     cache = open_cache(args.caches[0])
     qs = queries_for(args, cache)
     result = metrics.label_scores(cache, qs.indices, cache.labels, query_labels=qs.labels,

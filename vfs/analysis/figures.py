@@ -7,13 +7,19 @@ matplotlib is imported only here, when a figure is drawn (`pip install matplotli
 from __future__ import annotations
 
 import math
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vfs.errors import VFSError
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def _pyplot():
+
+def _pyplot() -> ModuleType:
     try:
         import matplotlib
     except ImportError as error:
@@ -24,18 +30,18 @@ def _pyplot():
     return plt
 
 
-def _se(row: dict, key: str) -> float:
+def _se(row: dict[str, Any], key: str) -> float:
     value = row.get(f"{key} se")
     return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _value(row: dict, key: str) -> float:
+def _value(row: dict[str, Any], key: str) -> float:
     value = row.get(key)
     return float("nan") if value is None else float(value)
 
 
-def _finish_figure(fig, ax, title: str, *, ylabel: str, xlabel: str | None = None, legend_size: int | None = None,
-            title_size: int = 9):
+def _finish_figure(fig: Figure, ax: Axes, title: str, *, ylabel: str, xlabel: str | None = None,
+                   legend_size: int | None = None, title_size: int = 9) -> Figure:
     """The end of every one-panel figure: axis labels, a legend (font size `legend_size`, None: no legend),
     the title (font size `title_size`), a tight layout. Returns `fig`."""
     if xlabel is not None:
@@ -48,7 +54,7 @@ def _finish_figure(fig, ax, title: str, *, ylabel: str, xlabel: str | None = Non
     return fig
 
 
-def plot_v1_fig6(result: dict, title: str):
+def plot_v1_fig6(result: dict[str, Any], title: str) -> Figure:
     """Left: distinct classes in the top k per cache; right: images shared with the reference."""
     plt = _pyplot()
     k, rows = result["k"], result["rows"]
@@ -71,14 +77,14 @@ def plot_v1_fig6(result: dict, title: str):
     return fig
 
 
-def _bin_label(row: dict) -> str:
+def _bin_label(row: dict[str, Any]) -> str:
     if row.get("bin") == "all":
         return "all"
     high = "" if math.isinf(row["high"]) else f"{row['high']:g}"
     return f">{row['low']:g}" if not high else f"{row['low']:g}-{high}"
 
 
-def plot_v1_fig8(result: dict, title: str):
+def plot_v1_fig8(result: dict[str, Any], title: str) -> Figure:
     """Mean top-1 IoU by query box bin, one bar per cache, standard error bars."""
     plt = _pyplot()
     rows = result["rows"]
@@ -100,13 +106,13 @@ def plot_v1_fig8(result: dict, title: str):
                    legend_size=8)
 
 
-def plot_v2_fig2b(result: dict, title: str):
+def plot_v2_fig2b(result: dict[str, Any], title: str) -> Figure:
     """Mean score at each rank, top k overall (solid) vs over distinct domains (dashed), per cache."""
     plt = _pyplot()
     k, rows = result["k"], result["rows"]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ranks = np.arange(1, k + 1)
-    colors = {}
+    colors: dict[str, str] = {}  # features -> line color
     for row in rows:
         color = colors.setdefault(row["features"], f"C{len(colors)}")
         ax.errorbar(ranks, [_value(row, f"score {r}") for r in ranks], yerr=[_se(row, f"score {r}") for r in ranks],
@@ -116,7 +122,7 @@ def plot_v2_fig2b(result: dict, title: str):
     return _finish_figure(fig, ax, title, xlabel="rank", ylabel="cosine similarity", legend_size=7)
 
 
-def plot_v2_fig3(result: dict, title: str):
+def plot_v2_fig3(result: dict[str, Any], title: str) -> Figure:
     """Box plots (5-25-50-75-95 %) of every image's score, same label vs other labels, per query kind."""
     plt = _pyplot()
     quantiles = result["quantiles"]
