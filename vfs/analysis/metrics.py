@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -29,6 +30,10 @@ from vfs.analysis.statistics import estimate
 from vfs.errors import SearchError
 from vfs.masks import box_to_grid, window_to_box
 from vfs.retrieval.window import best_windows, search
+from vfs.source import Source
+
+if TYPE_CHECKING:
+    from vfs.models.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ class Neighbours:
 
 
 def box_weights(
-    grid: tuple[int, int], *, box=None, image_size: tuple[int, int] | None = None, preprocess=None
+    grid: tuple[int, int], *, box: Sequence[float] | None = None, image_size: tuple[int, int] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> np.ndarray:
     """Weights `(H, W)` of a query: all ones for the whole image, else the cells the box covers at
     least half of; a box smaller than that (no cell half covered) gets its best-covered cell(s)."""
@@ -72,13 +78,14 @@ def box_weights(
     return (coverage >= cut).astype(np.float32)
 
 
-def _query_features(source, index: int) -> np.ndarray:
+def _query_features(source: Source, index: int) -> np.ndarray:
     return np.asarray(source[index : index + 1])[0]  # (C, H, W)
 
 
-def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) -> list[np.ndarray]:
+def _weights_for(source: Source, queries: np.ndarray, boxes: Sequence[Sequence[float]] | None,
+                 image_sizes: np.ndarray | None, preprocess: Preprocess | None) -> list[np.ndarray]:
     """One weight grid per query; `image_sizes` are those of the query source."""
-    grid = tuple(source.shape[-2:])
+    grid = cast("tuple[int, int]", tuple(source.shape[-2:]))  # (H, W) of the (N, C, H, W) source
     if boxes is None:
         return [box_weights(grid)] * len(queries)
     if len(boxes) != len(queries) or image_sizes is None:
@@ -87,12 +94,13 @@ def _weights_for(source, queries: np.ndarray, boxes, image_sizes, preprocess) ->
             "query source"
         )
     return [
-        box_weights(grid, box=box, image_size=tuple(int(v) for v in image_sizes[q]), preprocess=preprocess)
+        box_weights(grid, box=box, image_size=cast("tuple[int, int]", tuple(int(v) for v in image_sizes[q])),
+                    preprocess=preprocess)  # image_sizes is (N, 2): (height, width)
         for q, box in zip(queries, boxes)
     ]
 
 
-def _check_query_source(source, query_source):
+def _check_query_source(source: Source, query_source: Source | None) -> Source:
     """The source queries come from (`source` when None), checked to have the same channels and grid."""
     if query_source is None:
         return source
@@ -103,8 +111,9 @@ def _check_query_source(source, query_source):
 
 
 def neighbours(
-    source, queries: Sequence[int] | np.ndarray, *, k: int = 5, boxes=None, image_sizes=None, preprocess=None, block=None,
-    query_source=None,
+    source: Source, queries: Sequence[int] | np.ndarray, *, k: int = 5, boxes: Sequence[Sequence[float]] | None = None,
+    image_sizes: np.ndarray | None = None, preprocess: Preprocess | None = None, block: int | None = None,
+    query_source: Source | None = None,
 ) -> Neighbours:
     """Run `vfs.search` for every query and stack the top `k`. A query is an image of `source` (itself
     excluded), or of `query_source` when given (nothing excluded).
@@ -154,7 +163,7 @@ def shared_neighbours(a: Neighbours, b: Neighbours) -> np.ndarray:
     return np.array([len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a.indices, b.indices)], np.int64)
 
 
-def box_iou(a, b) -> float:
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two `(top, left, bottom, right)` boxes."""
     top, left = max(a[0], b[0]), max(a[1], b[1])
     bottom, right = min(a[2], b[2]), min(a[3], b[3])
@@ -164,7 +173,8 @@ def box_iou(a, b) -> float:
 
 
 def window_ious(
-    nb: Neighbours, boxes: Sequence, image_sizes: np.ndarray, grid: tuple[int, int], *, preprocess=None, rank: int = 0
+    nb: Neighbours, boxes: Sequence[np.ndarray | None], image_sizes: np.ndarray, grid: tuple[int, int], *,
+    preprocess: Preprocess | None = None, rank: int = 0,
 ) -> np.ndarray:
     """`(Q,)` IoU, in original pixels, of each query's matched window (at `rank`, 0 = best) with the
     best-overlapping ground-truth box of the matched image. A match to an image without a box is a
@@ -175,7 +185,7 @@ def window_ious(
         truth = boxes[index]
         if truth is None or len(truth) == 0:
             continue
-        size = tuple(int(v) for v in image_sizes[index])
+        size = cast("tuple[int, int]", tuple(int(v) for v in image_sizes[index]))  # image_sizes is (N, 2)
         window = window_to_box(
             int(nb.rows[q, rank]), int(nb.cols[q, rank]), int(nb.heights[q]), int(nb.widths[q]), grid, size,
             preprocess=preprocess,
@@ -184,13 +194,14 @@ def window_ious(
     return out
 
 
-def matched_boxed(nb: Neighbours, boxes: Sequence, *, rank: int = 0) -> np.ndarray:
+def matched_boxed(nb: Neighbours, boxes: Sequence[np.ndarray | None], *, rank: int = 0) -> np.ndarray:
     """`(Q,)` bool: the match at `rank` is an image with at least one ground-truth box (else a miss)."""
-    return np.array([boxes[int(i)] is not None and len(boxes[int(i)]) > 0 for i in nb.indices[:, rank]], bool)
+    return np.array([(box := boxes[int(i)]) is not None and len(box) > 0 for i in nb.indices[:, rank]], bool)
 
 
 def top_k_ious(
-    nb: Neighbours, boxes: Sequence, image_sizes: np.ndarray, grid: tuple[int, int], *, preprocess=None
+    nb: Neighbours, boxes: Sequence[np.ndarray | None], image_sizes: np.ndarray, grid: tuple[int, int], *,
+    preprocess: Preprocess | None = None,
 ) -> np.ndarray:
     """`(Q, k)` IoU of every match of the top k (misses 0), as `window_ious` at each rank."""
     ranks = nb.indices.shape[1]
@@ -198,17 +209,17 @@ def top_k_ious(
                     axis=1)  # (Q, k)
 
 
-def box_area(box) -> float:
+def box_area(box: Sequence[float]) -> float:
     """Area of a `(top, left, bottom, right)` box in square pixels of the original image."""
     return float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
 
 
-def relative_box_size(box, image_size: tuple[int, int]) -> float:
+def relative_box_size(box: Sequence[float], image_size: tuple[int, int]) -> float:
     """sqrt(box area / image area): 1 for the whole image, 0.5 for a box of a quarter of it."""
     return float(np.sqrt(max(0.0, (box[2] - box[0]) * (box[3] - box[1])) / (image_size[0] * image_size[1])))
 
 
-def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list[dict]:
+def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list[dict[str, Any]]:
     """Rows `{low, high, count, mean, mean se, mean ci95}` of `values` grouped by `keys` into
     `[edges[i], edges[i+1])` (NaN values left out)."""
     values, keys = np.asarray(values, np.float64), np.asarray(keys, np.float64)
@@ -221,8 +232,9 @@ def bin_by(values: np.ndarray, keys: np.ndarray, edges: Sequence[float]) -> list
 
 
 def domain_neighbours(
-    source, queries: Sequence[int] | np.ndarray, domains: Sequence[str], *, k: int = 3, boxes=None, image_sizes=None,
-    preprocess=None, block=None, query_source=None,
+    source: Source, queries: Sequence[int] | np.ndarray, domains: Sequence[str], *, k: int = 3,
+    boxes: Sequence[Sequence[float]] | None = None, image_sizes: np.ndarray | None = None,
+    preprocess: Preprocess | None = None, block: int | None = None, query_source: Source | None = None,
 ) -> Neighbours:
     """The top k over distinct domains: for each query (itself excluded unless it comes from another
     `query_source`), every image's best window (`best_windows`), the best image of each domain, then
@@ -230,8 +242,7 @@ def domain_neighbours(
     queries = np.asarray(queries, dtype=np.int64)
     own = query_source is None
     query_source = _check_query_source(source, query_source)
-    domains = np.asarray(domains, dtype=object)
-    names, codes = np.unique(domains.astype(str), return_inverse=True)
+    names, codes = np.unique(np.asarray(domains, dtype=object).astype(str), return_inverse=True)
     if len(names) < k:
         raise SearchError(f"the source has {len(names)} domains, fewer than k={k}: use k <= {len(names)}")
     weights = _weights_for(source, queries, boxes, image_sizes, preprocess)
@@ -278,8 +289,10 @@ class LabelScores:
 
 
 def label_scores(
-    source, queries: Sequence[int] | np.ndarray, labels: np.ndarray, *, boxes=None, image_sizes=None, preprocess=None, block=None,
-    query_source=None, query_labels: np.ndarray | None = None,
+    source: Source, queries: Sequence[int] | np.ndarray, labels: np.ndarray, *,
+    boxes: Sequence[Sequence[float]] | None = None, image_sizes: np.ndarray | None = None,
+    preprocess: Preprocess | None = None, block: int | None = None, query_source: Source | None = None,
+    query_labels: np.ndarray | None = None,
 ) -> LabelScores:
     """Score distributions by label: `best_windows` of each query over the whole source (the query
     image left out unless it comes from another `query_source`, whose labels are `query_labels`)."""
