@@ -7,9 +7,9 @@
 
 Stage 1 scores every window of every image with the projected query over the index's d channels
 and the cache's exact squared norms, so only the numerator is approximate (`coarse_scores`: the
-fused numba kernel of exact search, keeping only each image's best score, in one parallel pass over
-the whole index; `vfs.best_windows` over the index without numba or for a subset). The `candidates` images with the best
-approximate window are kept. Stage 2 reads only their features from the cache (their chunks, on
+fused numba kernel of exact search, keeping only each image's best score, in one parallel pass
+over the whole index; `vfs.best_windows` over the index without numba or for a subset). The
+`candidates` images with the best approximate window are kept. Stage 2 reads only their features from the cache (their chunks, on
 disk or in RAM) and runs the exact `vfs.search` over them: every returned score is the exact score
 of the returned window, and within the candidates the result equals exact search. What can be
 missed is an image whose approximate score falls outside the top `candidates`; bench/two_stage.py
