@@ -75,10 +75,11 @@ def _search_cache(args: argparse.Namespace) -> int:
             raise SearchError(f"--index {args.index} is outside the cache's {cache.shape[0]} images: "
                               f"pass 0 to {cache.shape[0] - 1}")
         query = np.asarray(cache[args.index], dtype=np.float32)  # (C, H, W)
-        size = tuple(int(v) for v in cache.image_sizes[args.index])  # (height, width) of the original
+        height, width = (int(v) for v in cache.image_sizes[args.index])  # the original's
+        size = (height, width)
     else:
         query, size = _extract(args.image, meta, preprocess)
-    grid = tuple(cache.shape[2:])
+    grid = (int(cache.shape[2]), int(cache.shape[3]))
     if args.mask is not None:
         mask = _read_mask(args.mask, size)
         weights = mask_to_grid(mask, grid, preprocess=preprocess)  # (h, w)
@@ -128,9 +129,9 @@ def _search_cache(args: argparse.Namespace) -> int:
     print(f"{'rank':>4} {'index':>8}  {'score':>7}  {'label':<14} {'window (row,col,h,w)':<21} box (top,left,bottom,right)  id")
     for row in rows:
         window = f"({row['row']},{row['col']},{row['height']},{row['width']})"
-        box = "(" + ",".join(f"{v:.0f}" for v in row["box"]) + ")"
+        corners = "(" + ",".join(f"{v:.0f}" for v in row["box"]) + ")"
         print(f"{row['rank']:>4} {row['index']:>8}  {row['score']:7.4f}  {row['label']:<14} {window:<21} "
-              f"{box:<28} {row['id']}")
+              f"{corners:<28} {row['id']}")
     return 0
 
 
@@ -138,8 +139,8 @@ def _row(rank: int, match: Any, cache: Any, grid: tuple[int, int], preprocess: A
     from vfs.masks import window_to_box
 
     label = int(cache.labels[match.index])
-    size = tuple(int(v) for v in cache.image_sizes[match.index])
-    box = window_to_box(match.row, match.col, match.height, match.width, grid, size, preprocess=preprocess)
+    height, width = (int(v) for v in cache.image_sizes[match.index])
+    box = window_to_box(match.row, match.col, match.height, match.width, grid, (height, width), preprocess=preprocess)
     return {"rank": rank, "index": match.index, "score": match.score, "row": match.row, "col": match.col,
             "height": match.height, "width": match.width, "id": cache.ids[match.index],
             "label": cache.label_names[label] if 0 <= label < len(cache.label_names) else "",
@@ -182,12 +183,13 @@ def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """`--box` "top,left,bottom,right" -> four floats, or a MaskError saying the form."""
     try:
-        values = tuple(float(part) for part in text.replace(" ", "").split(","))
+        values = [float(part) for part in text.replace(" ", "").split(",")]
     except ValueError:
-        values = ()
+        values = []
     if len(values) != 4:
         raise MaskError(f"--box {text!r} is not four numbers: pass top,left,bottom,right in pixels, e.g. 4,4,20,20")
-    return values  # type: ignore[return-value]
+    top, left, bottom, right = values
+    return top, left, bottom, right
 
 
 def _parse_indices(text: str) -> list[int]:

@@ -22,7 +22,9 @@ float32 blocks with large masks stay on the torch matvec, which ties it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +51,7 @@ class WindowPlan:
     grid: tuple[int, int]  # (H, W) of the dataset maps
     strategy: str  # "cells" or "offsets"
     chunk: int  # images per kernel call; fixed per plan so results never depend on the read size
-    matrices: dict = field(default_factory=dict, repr=False, compare=False)  # layout -> dot matrices
+    matrices: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)  # layout -> dot matrices
 
     @property
     def offsets(self) -> tuple[int, int]:
@@ -80,7 +82,8 @@ def make_plan(query_box: torch.Tensor, weights_box: torch.Tensor, grid: tuple[in
                       height=height, width=width, grid=grid, strategy=strategy, chunk=chunk)
 
 
-def spread(values: torch.Tensor, cells, grid: tuple[int, int], box: tuple[int, int]) -> torch.Tensor:
+def spread(values: torch.Tensor, cells: Sequence[tuple[int, int]], grid: tuple[int, int],
+           box: tuple[int, int]) -> torch.Tensor:
     """Each cell's vector at its place in every window: (cells, D) -> (H', W', H, W, D), zeros elsewhere."""
     rows, cols = grid[0] - box[0] + 1, grid[1] - box[1] + 1
     out = values.new_zeros(rows, cols, grid[0], grid[1], values.shape[1])  # (H', W', H, W, D)
@@ -196,7 +199,8 @@ def fused_block(features: torch.Tensor, plan: WindowPlan, *, sq_norms: torch.Ten
     return torch.from_numpy(out)
 
 
-def _fused_arguments(features: torch.Tensor, plan: WindowPlan, sq_norms: torch.Tensor | None):
+def _fused_arguments(features: torch.Tensor, plan: WindowPlan, sq_norms: torch.Tensor | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The numba kernels' arrays: (stored (n, H*W, C) or (n, C, H*W), float16 as uint16 bits; columns;
     positions; square_weights; sq_norms (n, H*W) float32, -1 where they are to be computed)."""
     n, channels, height, width = features.shape
@@ -206,10 +210,10 @@ def _fused_arguments(features: torch.Tensor, plan: WindowPlan, sq_norms: torch.T
                                   plan.square_weights.cpu().numpy())  # (cells,)
     columns, positions, square_weights = plan.matrices["fused"]
     if is_channels_last(features):
-        stored = features.permute(0, 2, 3, 1).reshape(n, height * width, channels)  # (n, H*W, C)
+        laid_out = features.permute(0, 2, 3, 1).reshape(n, height * width, channels)  # (n, H*W, C)
     else:
-        stored = features.reshape(n, channels, height * width)  # (n, C, H*W)
-    stored = stored.contiguous().numpy()  # a view unless the block was strided oddly
+        laid_out = features.reshape(n, channels, height * width)  # (n, C, H*W)
+    stored = laid_out.contiguous().numpy()  # a view unless the block was strided oddly
     if stored.dtype == np.float16:
         stored = stored.view(np.uint16)  # the kernel widens the bits itself
     if sq_norms is None:
@@ -240,7 +244,7 @@ def window_positions(plan: WindowPlan) -> np.ndarray:
                      for i, j in plan.cells], np.int64)
 
 
-def chunk_buffer(plan: WindowPlan, shape, *, chunk: int, device: torch.device,
+def chunk_buffer(plan: WindowPlan, shape: Sequence[int], *, chunk: int, device: torch.device,
                  channels_last: bool) -> torch.Tensor:
     """A float32 (chunk, C, H, W) buffer in the given memory layout, allocated once per plan."""
     layout = torch.channels_last if channels_last else torch.contiguous_format

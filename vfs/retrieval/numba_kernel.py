@@ -23,7 +23,7 @@ import numpy as np
 try:
     import numba
 except ImportError:  # the torch path covers everything; this one is only faster
-    numba = None
+    numba = None  # type: ignore[assignment]  # optional: AVAILABLE says whether it loaded
 
 AVAILABLE = numba is not None and os.environ.get("VFS_NUMBA", "1") != "0"
 _LOCK = threading.Lock()  # one parallel region at a time, whatever threads call search
@@ -34,13 +34,13 @@ if AVAILABLE:
     _HALF_SCALE = np.float32(2.0**112)
 
     @numba.njit(inline="always", cache=True)
-    def _widen(h):
+    def _widen(h: np.uint16) -> np.uint32:
         """float16 bits -> float32 bits of the same number divided by 2^112 (sign kept)."""
-        h = np.uint32(h)
-        return ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+        wide = np.uint32(h)
+        return ((wide & np.uint32(0x7FFF)) << np.uint32(13)) | ((wide & np.uint32(0x8000)) << np.uint32(16))
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
-    def _widen_into(image, out):
+    def _widen_into(image: np.ndarray, out: np.ndarray) -> None:
         """float16 bits (uint16, contiguous) -> the same numbers in the float32 array `out` of the same size."""
         source = image.reshape(-1)
         bits = out.reshape(-1).view(np.uint32)
@@ -51,7 +51,7 @@ if AVAILABLE:
             flat[i] *= _HALF_SCALE
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
-    def _transpose(image, scratch):
+    def _transpose(image: np.ndarray, scratch: np.ndarray) -> None:
         """(C, H*W) -> scratch (H*W, C) in tiles of 8 channels: their 8 rows stay in L1 while each
         position's 8 values are written together (measured here: 2x faster than channel by channel)."""
         positions, channels = scratch.shape
@@ -65,7 +65,7 @@ if AVAILABLE:
                 scratch[p, c] = image[c, p]
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
-    def _load(image, half, channels_last, scratch):
+    def _load(image: np.ndarray, half: bool, channels_last: bool, scratch: np.ndarray) -> None:
         """One stored image, (H*W, C) if channels_last else (C, H*W), into the float32 scratch (H*W, C)."""
         if channels_last:
             if half:  # image holds float16 bits as uint16
@@ -80,7 +80,7 @@ if AVAILABLE:
             _transpose(image, scratch)
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
-    def _dots(x, columns, positions, out):
+    def _dots(x: np.ndarray, columns: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
         """out[p] = sum_k <columns[k], x[positions[k, p]]>, four windows (or four cells) at a time."""
         cells, offsets = positions.shape
         channels = x.shape[1]
@@ -120,7 +120,8 @@ if AVAILABLE:
             p += 1
 
     @numba.njit(fastmath=_FASTMATH, cache=True)
-    def _score_image(x, columns, positions, square_weights, norms, out):
+    def _score_image(x: np.ndarray, columns: np.ndarray, positions: np.ndarray, square_weights: np.ndarray, norms: np.ndarray,
+                     out: np.ndarray) -> None:
         """Cosines of the windows of one image x (H*W, C) into out (P,); norms (H*W,) < 0 are computed."""
         cells, offsets = positions.shape
         if norms[0] < 0:  # no precomputed norms: the caller filled them with -1
@@ -140,7 +141,8 @@ if AVAILABLE:
                 out[p] = np.float32(0.0)
 
     @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)  # other threads (the app's) run meanwhile
-    def _score_block(features, half, channels_last, columns, positions, square_weights, sq_norms, out):
+    def _score_block(features: np.ndarray, half: bool, channels_last: bool, columns: np.ndarray, positions: np.ndarray,
+                     square_weights: np.ndarray, sq_norms: np.ndarray, out: np.ndarray) -> None:
         grid_positions, channels = sq_norms.shape[1], columns.shape[1]
         for n in numba.prange(features.shape[0]):
             if channels_last and not half:  # float32 (H*W, C) already: no copy
@@ -151,7 +153,8 @@ if AVAILABLE:
                 _score_image(x, columns, positions, square_weights, sq_norms[n], out[n])
 
     @numba.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
-    def _best_block(features, half, channels_last, columns, positions, square_weights, sq_norms, part, out):
+    def _best_block(features: np.ndarray, half: bool, channels_last: bool, columns: np.ndarray, positions: np.ndarray,
+                    square_weights: np.ndarray, sq_norms: np.ndarray, part: int, out: np.ndarray) -> None:
         """out[n] = the best window cosine of image n; threads take `part` images at a time."""
         count = features.shape[0]
         grid_positions, channels = sq_norms.shape[1], columns.shape[1]
