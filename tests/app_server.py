@@ -7,6 +7,7 @@ scikit-image photos (another dataset). The server is waited on through `/gradio_
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -214,10 +215,27 @@ def wait_for_first_image(page, selector: str) -> None:
     )
 
 
+def wait_until_still(locator, *, looks: int = 3, interval_ms: int = 300, timeout_s: float = 30.0) -> None:
+    """Wait until `locator`'s box and pixels stay the same for `looks` looks in a row.
+
+    The editor re-fits (zooms) and re-draws a newly loaded image for a moment after it shows it: a stroke
+    begun then starts elsewhere on the image than the same stroke a moment later (seen once in CI: a
+    stroke's first segment drawn from another place, so it covered 1.3x the area).
+    """
+    deadline = time.monotonic() + timeout_s
+    last, same = None, 0
+    while same < looks and time.monotonic() < deadline:
+        look = (str(locator.bounding_box()), hashlib.sha256(locator.screenshot()).hexdigest())
+        same = same + 1 if look == last else 1
+        last = look
+        locator.page.wait_for_timeout(interval_ms)
+
+
 def paint(page, selector: str, points: list[tuple[float, float]]) -> None:
     """Drag the brush through `points` (fractions of the canvas box): few waypoints, each move ~1 s here."""
     canvas = page.locator(f"{selector} canvas").first
     canvas.scroll_into_view_if_needed()  # the mouse only reaches what is inside the viewport
+    wait_until_still(canvas)
     box = canvas.bounding_box()
     x0, y0 = box["x"] + box["width"] * points[0][0], box["y"] + box["height"] * points[0][1]
     page.mouse.move(x0, y0)
