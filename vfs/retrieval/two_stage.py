@@ -29,7 +29,7 @@ from vfs.cache.reader import FeatureCache
 from vfs.errors import CacheMismatchError, SearchError
 from vfs.retrieval import kernels
 from vfs.retrieval.checks import as_float_tensor, check_indices, is_positive_int
-from vfs.retrieval.window import BestWindows, Match, best_windows, plan_search, search
+from vfs.retrieval.window import BestWindows, Match, best_windows, each_best, plan_search, search
 from vfs.source import Array, Indices
 
 CANDIDATES = 1000  # default M: images re-scored exactly (see the recall table in docs/design.md)
@@ -134,8 +134,8 @@ def coarse_scores(query: Array, weights: Array, index: CoarseIndex, *,
         scores = kernels.best_scores(features, plan, sq_norms=torch.from_numpy(index.sq_norms)).numpy()  # (N,)
         if np.isfinite(scores).all():
             return indices, scores
-    best = best_windows(query, weights, index, subset=subset)  # names any image with non-finite values
-    return best.indices, best.scores.copy()
+    indices, scores, _ = each_best(plan, index, indices, block=None, device=device)  # names non-finite images
+    return indices, scores
 
 
 def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
